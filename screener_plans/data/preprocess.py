@@ -1,0 +1,196 @@
+"""Preprocessing: RAS, resample to the plans' spacing, window to [0, 1], body mask, crop to body.
+
+Each case is cached as ``RUN_DIR/preprocessed/<case>/{image.npy, mask.npy, meta.json}``:
+float16 image, uint8 body mask, and the geometry needed to map predictions back onto the input
+grid. A case folder appears only when complete (written under a temporary name, then renamed),
+so an interrupted run resumes by skipping the finished cases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from screener_plans.data.body import body_mask, bounding_box
+from screener_plans.data.checks import validate_ct
+from screener_plans.data.geometry import resampled_shape, to_ras
+from screener_plans.data.readers import CaseImage, CaseSource, find_cases, read_case, warm_up
+from screener_plans.errors import BadCaseError, ScreenerError
+from screener_plans.progress import Progress
+
+CACHE_VERSION = 1
+CROP_MARGIN = 2  # voxels kept around the body box
+
+
+def cache_key(plans: dict) -> dict:
+    """The plans values a cached case depends on; a change invalidates the cache."""
+    return {"version": CACHE_VERSION, "spacing": plans["spacing"], "window": plans["intensity"]["window"]}
+
+
+def resample(volume: np.ndarray, shape) -> np.ndarray:
+    """Trilinear resampling (anti-aliased when shrinking) with MONAI's ``Resize``."""
+    from monai.transforms import Resize
+
+    if tuple(volume.shape) == tuple(shape):
+        return volume.astype(np.float32, copy=False)
+    shrink = any(n > m for n, m in zip(volume.shape, shape))
+    resize = Resize(spatial_size=tuple(int(s) for s in shape), mode="trilinear", align_corners=False,
+                    anti_aliasing=shrink)
+    out = resize(volume[None].astype(np.float32, copy=False))
+    out = out.detach().cpu().numpy() if hasattr(out, "detach") else np.asarray(out)
+    return out[0]
+
+
+def window(hu: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Clip HU to [lo, hi] and scale to [0, 1]."""
+    out = (hu - lo) / (hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def preprocess_image(img: CaseImage, plans: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Preprocess one validated case; returns (image float16, mask uint8, meta)."""
+    ras, ras_affine, ornt = to_ras(img.array, img.affine)
+    ras_spacing = np.sqrt((ras_affine[:3, :3] ** 2).sum(axis=0))
+    ras_shape = tuple(int(n) for n in ras.shape)
+    new_shape = resampled_shape(ras_shape, ras_spacing, plans["spacing"])
+    hu = resample(ras, new_shape)
+    del ras
+    mask = body_mask(hu)
+    if not mask.any():
+        raise BadCaseError(img.path, "no body found (no connected region above -500 HU)")
+    start, stop = bounding_box(mask, margin=CROP_MARGIN)
+    box = tuple(slice(a, b) for a, b in zip(start, stop))
+    lo, hi = plans["intensity"]["window"]
+    image = window(hu[box], lo, hi).astype(np.float16)
+    effective = ras_spacing * np.asarray(ras_shape) / np.asarray(new_shape)
+    meta = {
+        "name": img.name,
+        "source": os.path.abspath(img.path),
+        "original_shape": [int(s) for s in img.array.shape],
+        "original_affine": np.asarray(img.affine).tolist(),
+        "ornt": np.asarray(ornt).tolist(),
+        "ras_shape": list(ras_shape),
+        "ras_affine": np.asarray(ras_affine).tolist(),
+        "resampled_shape": [int(s) for s in new_shape],
+        "spacing": [float(s) for s in effective],
+        "crop_start": [int(s) for s in start],
+        "crop_stop": [int(s) for s in stop],
+        "crop_origin_mm": [float(a * s) for a, s in zip(start, effective)],
+        "shape": [int(s) for s in image.shape],
+        "body_voxels": int(mask[box].sum()),
+    }
+    return image, mask[box].astype(np.uint8), meta
+
+
+def case_dir(run_dir: str | Path, name: str) -> Path:
+    return Path(run_dir) / "preprocessed" / name
+
+
+def is_done(out: Path, key: dict) -> bool:
+    """A case is done when its folder is complete and was made with the same plans values."""
+    try:
+        meta = json.loads((out / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("cache_key") == key and (out / "image.npy").exists() and (out / "mask.npy").exists()
+
+
+def write_case(out: Path, image: np.ndarray, mask: np.ndarray, meta: dict) -> None:
+    """Write a case folder atomically: a temporary sibling folder renamed into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        np.save(tmp / "image.npy", image)
+        np.save(tmp / "mask.npy", mask)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def preprocess_case(case: CaseSource, plans: dict, run_dir: str | Path) -> dict:
+    """Read, validate, preprocess and cache one case; returns a status dict."""
+    out = case_dir(run_dir, case.name)
+    key = cache_key(plans)
+    if is_done(out, key):
+        return {"name": case.name, "status": "cached"}
+    try:
+        img = validate_ct(read_case(case))
+        image, mask, meta = preprocess_image(img, plans)
+    except BadCaseError as e:
+        return {"name": case.name, "path": case.path, "status": "error", "error": e.reason}
+    meta["cache_key"] = key
+    write_case(out, image, mask, meta)
+    return {"name": case.name, "status": "done"}
+
+
+def load_case(run_dir: str | Path, name: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Cached (image, mask, meta) of one case; memory-mapped so training reads only its crops."""
+    d = case_dir(run_dir, name)
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+        mode = "r" if mmap else None
+        return np.load(d / "image.npy", mmap_mode=mode), np.load(d / "mask.npy", mmap_mode=mode), meta
+    except (OSError, ValueError) as e:
+        raise ScreenerError(f"{d}: preprocessed case is missing or corrupt ({e}); re-run `screener preprocess`") from None
+
+
+def cached_cases(run_dir: str | Path, plans: dict) -> list[str]:
+    """Names of the plans' cases that are preprocessed and current."""
+    key = cache_key(plans)
+    return [n for n in plans["dataset"]["cases"] if is_done(case_dir(run_dir, n), key)]
+
+
+def preprocess(run_dir: str | Path, plans: dict | None = None, data_dir: str | Path | None = None,
+               workers: int = 0, progress: bool = True) -> dict:
+    """Preprocess every planned case in parallel; skips cases already cached with the same plans."""
+    from screener_plans.planning.fingerprint import default_workers
+    from screener_plans.planning.plans import load_plans
+
+    run_dir = Path(run_dir)
+    plans = plans or load_plans(run_dir / "plans.json")
+    data_dir = Path(data_dir or plans["dataset"]["data_dir"])
+    wanted = set(plans["dataset"]["cases"])
+    cases = [c for c in find_cases(data_dir) if c.name in wanted]
+    missing = wanted - {c.name for c in cases}
+    if missing:
+        raise ScreenerError(f"{data_dir}: {len(missing)} planned case(s) are gone, e.g. {sorted(missing)[0]}; "
+                            "re-run `screener plan`")
+    bar = Progress(len(cases), "preprocess", enabled=progress)
+    workers = workers or default_workers()
+    results = []
+    if workers <= 1 or len(cases) <= 1:
+        for c in cases:
+            results.append(preprocess_case(c, plans, run_dir))
+            bar.update()
+    else:
+        warm_up()
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
+            futures = {pool.submit(preprocess_case, c, plans, run_dir): c for c in cases}
+            for fut in as_completed(futures):
+                c = futures[fut]
+                try:
+                    results.append(fut.result())
+                except Exception as e:
+                    results.append({"name": c.name, "path": c.path, "status": "error",
+                                    "error": f"worker failed ({type(e).__name__}: {e})"})
+                bar.update()
+    errors = [r for r in results if r["status"] == "error"]
+    summary = {
+        "done": sum(r["status"] == "done" for r in results),
+        "cached": sum(r["status"] == "cached" for r in results),
+        "errors": [{"path": r["path"], "problem": r["error"]} for r in errors],
+    }
+    if errors and len(errors) == len(results):
+        raise ScreenerError(f"no case could be preprocessed; first: {errors[0]['path']}: {errors[0]['error']}")
+    return summary

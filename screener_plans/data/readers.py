@@ -1,0 +1,275 @@
+"""Find CT cases in a folder and read them with MONAI's readers.
+
+A case is one file (NIfTI, NRRD, MHA/MHD) or one folder holding a DICOM series. Every case is
+returned as a float32 array in the file's voxel order together with its RAS affine; nothing is
+resampled here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from screener_plans.errors import BadCaseError, ScreenerError
+
+logger = logging.getLogger(__name__)
+
+# extension -> MONAI reader name; longest suffix wins (".nii.gz" before ".gz").
+READERS = {
+    ".nii.gz": "NibabelReader",
+    ".nii": "NibabelReader",
+    ".nrrd": "NrrdReader",
+    ".nhdr": "NrrdReader",
+    ".mha": "ITKReader",
+    ".mhd": "ITKReader",
+    ".dcm": "PydicomReader",
+}
+# Files that live next to images without being cases themselves.
+SIDECAR_SUFFIXES = {".raw", ".zraw", ".json", ".txt", ".csv", ".md", ".yaml", ".yml", ".log", ".png", ".jpg"}
+EXTRA_FOR_READER = {"NrrdReader": "pynrrd", "ITKReader": "itk-io", "PydicomReader": "pydicom"}
+
+
+@dataclass(frozen=True)
+class CaseSource:
+    """Where a case lives: ``kind`` is 'file' or 'dicom'; ``files`` lists a DICOM series' slices."""
+
+    name: str
+    path: str
+    kind: str
+    reader: str
+    files: tuple = ()
+
+    def signature(self) -> dict:
+        """Path, total size and newest mtime: enough to tell whether a cached result is stale."""
+        paths = self.files or (self.path,)
+        if self.reader == "ITKReader" and self.path.lower().endswith(".mhd"):
+            paths = tuple(paths) + tuple(_mhd_data_files(self.path))
+        size, mtime = 0, 0
+        for p in paths:
+            st = os.stat(p)
+            size += st.st_size
+            mtime = max(mtime, st.st_mtime_ns)
+        return {"path": os.path.abspath(self.path), "size": size, "mtime_ns": mtime}
+
+
+@dataclass
+class CaseImage:
+    """A case read from disk: voxel array (file order), RAS affine and reader metadata."""
+
+    name: str
+    path: str
+    array: np.ndarray
+    affine: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def spacing(self) -> np.ndarray:
+        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+
+
+def case_name(path: str | Path) -> str:
+    """A case's name: its file or folder name without extension."""
+    name = Path(path).name
+    low = name.lower()
+    for ext in sorted(READERS, key=len, reverse=True):
+        if low.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _suffix(path: str) -> str:
+    low = path.lower()
+    for ext in sorted(READERS, key=len, reverse=True):
+        if low.endswith(ext):
+            return ext
+    return Path(low).suffix
+
+
+def _mhd_data_files(path: str) -> list[str]:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return []
+    m = re.search(r"ElementDataFile\s*=\s*(\S+)", text)
+    if not m or m.group(1).upper() == "LOCAL":
+        return []
+    data = Path(path).parent / m.group(1)
+    return [str(data)] if data.exists() else []
+
+
+def _is_dicom_file(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _dicom_files(folder: str) -> list[str]:
+    out = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_file() and not entry.name.startswith(".") and (
+            entry.name.lower().endswith(".dcm") or _is_dicom_file(entry.path)
+        ):
+            out.append(entry.path)
+    return out
+
+
+def find_cases(data_dir: str | Path, with_bad: bool = False):
+    """List the cases in ``data_dir``, sorted by name.
+
+    Files with an unsupported extension are reported as bad cases (``BadCaseError``) rather than
+    silently ignored, so a user learns why a scan is missing. Returns ``cases`` or, with
+    ``with_bad=True``, ``(cases, bad)``.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.exists():
+        raise ScreenerError(f"{data_dir}: data folder does not exist")
+    if not data_dir.is_dir():
+        # A single file is a valid input for prediction.
+        suffix = _suffix(str(data_dir))
+        if suffix in READERS and suffix != ".dcm":
+            cases = [CaseSource(case_name(data_dir), str(data_dir), "file", READERS[suffix])]
+            return (cases, []) if with_bad else cases
+        raise ScreenerError(f"{data_dir}: not a folder and not a supported image file")
+    cases, bad = [], []
+    for entry in sorted(os.scandir(data_dir), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            files = _dicom_files(entry.path)
+            if files:
+                cases.append(CaseSource(entry.name, entry.path, "dicom", "PydicomReader", tuple(files)))
+            else:
+                bad.append(BadCaseError(entry.path, "folder holds no DICOM files"))
+            continue
+        suffix = _suffix(entry.name)
+        if suffix in READERS and suffix != ".dcm":
+            cases.append(CaseSource(case_name(entry.name), entry.path, "file", READERS[suffix]))
+        elif suffix in SIDECAR_SUFFIXES:
+            continue
+        else:
+            bad.append(BadCaseError(entry.path, f"unsupported format '{suffix or entry.name}' "
+                                    "(expected .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd or a DICOM folder)"))
+    names = [c.name for c in cases]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ScreenerError(f"{data_dir}: several files share the case name(s) {', '.join(dupes)}")
+    return (cases, bad) if with_bad else cases
+
+
+def _select_dicom_series(case: CaseSource) -> tuple[list[str], str]:
+    """Group a folder's slices by SeriesInstanceUID and keep the largest CT series."""
+    import pydicom
+
+    series: dict[str, list[str]] = {}
+    modality: dict[str, str] = {}
+    for f in case.files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception as e:  # a single broken slice should name itself
+            raise BadCaseError(f, f"unreadable DICOM file ({type(e).__name__})") from None
+        uid = str(getattr(ds, "SeriesInstanceUID", "unknown"))
+        series.setdefault(uid, []).append(f)
+        modality[uid] = str(getattr(ds, "Modality", "")).upper()
+    ct = {uid: fs for uid, fs in series.items() if modality[uid] in ("CT", "")}
+    if not ct:
+        found = ", ".join(sorted(set(modality.values())))
+        raise BadCaseError(case.path, f"no CT series in the folder (modalities found: {found}); not a CT scan")
+    uid = max(ct, key=lambda u: len(ct[u]))
+    note = ""
+    if len(series) > 1:
+        note = (f"folder holds {len(series)} series; using the largest CT series {uid} "
+                f"({len(ct[uid])} slices)")
+        logger.warning("%s: %s", case.path, note)
+    return sorted(ct[uid]), note
+
+
+def _raw_nifti_pixdim(path: str) -> list[float] | None:
+    import gzip
+
+    import nibabel as nib
+
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(4)
+            f.seek(0)
+            cls = nib.Nifti2Header if int.from_bytes(head, "little") in (540, 469893120) else nib.Nifti1Header
+            hdr = cls.from_fileobj(f, check=False)
+        return [float(v) for v in np.asarray(hdr["pixdim"]).ravel()[:4]]
+    except Exception:
+        return None
+
+
+def warm_up() -> None:
+    """Import MONAI's readers once in the parent so forked workers do not each pay for it."""
+    import monai.transforms  # noqa: F401
+
+
+def read_case(case: CaseSource) -> CaseImage:
+    """Read one case with MONAI's reader for its format; errors name the file and the problem."""
+    try:
+        from monai.transforms import LoadImage
+    except ImportError as e:  # pragma: no cover - monai is a core dependency
+        raise ScreenerError(f"MONAI is not installed: {e}") from None
+    meta: dict = {}
+    target: object = case.path
+    reader_kwargs: dict = {}
+    if case.kind == "dicom":
+        files, note = _select_dicom_series(case)
+        if note:
+            meta["series_note"] = note
+        # Restrict MONAI's folder reader to the chosen series' files.
+        reader_kwargs["fname_regex"] = "^(" + "|".join(re.escape(f) for f in files) + ")$"
+        meta["n_slices"] = len(files)
+    try:
+        size = os.path.getsize(case.path) if case.kind == "file" else 1
+    except OSError as e:
+        raise BadCaseError(case.path, f"cannot be read ({e.strerror})") from None
+    if size == 0:
+        raise BadCaseError(case.path, "empty file")
+    if case.kind == "file" and not os.access(case.path, os.R_OK):
+        raise BadCaseError(case.path, "permission denied")
+    try:
+        with warnings.catch_warnings():
+            # MONAI announces optional GPU decoders it cannot find; irrelevant to users here.
+            warnings.simplefilter("ignore")
+            logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+            loader = LoadImage(reader=case.reader, image_only=False, dtype=np.float32, **reader_kwargs)
+    except Exception as e:
+        extra = EXTRA_FOR_READER.get(case.reader, "")
+        raise BadCaseError(case.path, f"MONAI's {case.reader} is unavailable ({e}); "
+                           f"install it with: pip install 'screener[formats]' ({extra})") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img, img_meta = loader(target)
+    except BadCaseError:
+        raise
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "CRC" in msg or "EOF" in msg or "truncated" in msg.lower() or "compressed" in msg.lower():
+            reason = "corrupt or truncated file"
+        else:
+            reason = "unreadable image"
+        raise BadCaseError(case.path, f"{reason} ({type(e).__name__}: {msg[:160]})") from None
+    array = np.asarray(img.detach().cpu().numpy() if hasattr(img, "detach") else img, dtype=np.float32)
+    affine = np.asarray(img.affine if hasattr(img, "affine") else img_meta["affine"], dtype=np.float64)
+    if case.reader == "NibabelReader":
+        # nibabel silently replaces zero spacings by 1 on load; the raw header tells the truth.
+        meta["pixdim"] = _raw_nifti_pixdim(case.path)
+    if case.kind == "dicom":
+        import pydicom
+
+        ds = pydicom.dcmread(case.files[0], stop_before_pixels=True)
+        meta["dicom_rescale"] = hasattr(ds, "RescaleIntercept") or hasattr(ds, "RescaleSlope")
+        meta["modality"] = str(getattr(ds, "Modality", ""))
+    return CaseImage(case.name, case.path, array, affine, meta)

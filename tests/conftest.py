@@ -1,0 +1,57 @@
+"""Shared fixtures: small CT-like volumes written in the formats Screener reads."""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def simple_ct(shape=(48, 40, 24), seed=0, noise=10.0):
+    """A cheap chest-like HU volume in RAS order: air, body, fat rim, two lungs, a spine."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    body = (x / 0.85) ** 2 + (y / 0.7) ** 2 < 1
+    hu[body] = -100.0  # fat
+    muscle = (x / 0.75) ** 2 + (y / 0.6) ** 2 < 1
+    hu[muscle] = 50.0
+    for cx in (-0.35, 0.35):
+        lung = ((x - cx) / 0.28) ** 2 + (y / 0.4) ** 2 + (z / 1.2) ** 2 < 1
+        hu[lung] = -850.0
+    spine = (x / 0.12) ** 2 + ((y + 0.45) / 0.12) ** 2 < 1
+    hu[spine] = 600.0
+    hu += rng.normal(0, noise, shape).astype(np.float32)
+    return hu
+
+
+def ras_affine(spacing=(1.5, 1.5, 2.5), origin=(0.0, 0.0, 0.0)):
+    aff = np.diag(list(spacing) + [1.0])
+    aff[:3, 3] = origin
+    return aff
+
+
+def write_nifti(path, data, affine, dtype=np.int16):
+    data = np.asarray(data)
+    if np.issubdtype(dtype, np.integer):
+        data = np.round(data)
+    img = nib.Nifti1Image(data.astype(dtype), affine)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+    return path
+
+
+@pytest.fixture
+def ct_folder(tmp_path):
+    """A folder of four small NIfTI CTs with varying spacing and shape."""
+    d = tmp_path / "data"
+    d.mkdir()
+    specs = [((48, 40, 24), (1.5, 1.5, 2.5)), ((52, 44, 20), (1.4, 1.4, 3.0)),
+             ((44, 40, 28), (1.6, 1.6, 2.0)), ((48, 44, 24), (1.5, 1.5, 2.5))]
+    for i, (shape, spacing) in enumerate(specs):
+        write_nifti(d / f"case_{i}.nii.gz", simple_ct(shape, seed=i), ras_affine(spacing))
+    return d

@@ -1,0 +1,162 @@
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import ras_affine, simple_ct, write_nifti
+from dicom_utils import write_dicom_series
+from screener_plans.data.checks import validate_ct
+from screener_plans.data.readers import case_name, find_cases, read_case
+from screener_plans.errors import BadCaseError, ScreenerError
+
+
+def test_case_names():
+    assert case_name("/a/b/ct_01.nii.gz") == "ct_01"
+    assert case_name("x.mha") == "x"
+    assert case_name("/a/series_7") == "series_7"
+
+
+def test_nifti_roundtrip(tmp_path):
+    hu = simple_ct((20, 18, 12))
+    aff = ras_affine((0.8, 0.9, 2.0), origin=(-10, 5, 3))
+    write_nifti(tmp_path / "a.nii.gz", hu, aff)
+    img = read_case(find_cases(tmp_path)[0])
+    np.testing.assert_allclose(img.array, np.round(hu), atol=0.5)
+    np.testing.assert_allclose(img.affine, aff, atol=1e-5)
+    np.testing.assert_allclose(img.spacing, (0.8, 0.9, 2.0), atol=1e-5)
+
+
+def test_nrrd_and_mha(tmp_path):
+    nrrd = pytest.importorskip("nrrd")
+    itk = pytest.importorskip("itk")
+    hu = simple_ct((20, 18, 12)).round().astype(np.int16)
+    nrrd.write(str(tmp_path / "b.nrrd"), hu, {"space": "left-posterior-superior",
+                                              "space directions": np.diag([0.7, 0.8, 2.5]),
+                                              "space origin": [0.0, 0.0, 0.0]})
+    # ITK arrays are (Z, Y, X); the file's x axis is our first axis.
+    im = itk.image_from_array(np.ascontiguousarray(hu.transpose(2, 1, 0)))
+    im.SetSpacing([0.7, 0.8, 2.5])
+    itk.imwrite(im, str(tmp_path / "c.mha"))
+    cases = {c.name: c for c in find_cases(tmp_path)}
+    assert set(cases) == {"b", "c"}
+    for name in ("b", "c"):
+        img = read_case(cases[name])
+        assert img.array.shape == hu.shape
+        np.testing.assert_allclose(img.array, hu)
+        # LPS on disk -> RAS affine: x and y flip sign
+        np.testing.assert_allclose(np.diag(img.affine)[:3], (-0.7, -0.8, 2.5), atol=1e-5)
+
+
+def test_dicom_series(tmp_path):
+    pytest.importorskip("pydicom")
+    hu = simple_ct((24, 20, 10))
+    write_dicom_series(tmp_path / "patient1", hu, spacing=(1.2, 1.0, 2.5))
+    (case,) = find_cases(tmp_path)
+    assert case.name == "patient1" and case.kind == "dicom" and len(case.files) == 10
+    img = read_case(case)
+    np.testing.assert_allclose(img.array, np.clip(np.round(hu), -1024, None))
+    np.testing.assert_allclose(np.diag(img.affine)[:3], (-1.2, -1.0, 2.5), atol=1e-5)
+    validate_ct(img)
+
+
+def test_dicom_folder_with_several_series_takes_largest_ct(tmp_path, caplog):
+    pytest.importorskip("pydicom")
+    big = simple_ct((24, 20, 12), seed=1)
+    write_dicom_series(tmp_path / "p", big, series_uid="1.2.3.4.100")
+    write_dicom_series(tmp_path / "p", simple_ct((24, 20, 5), seed=2), series_uid="1.2.3.4.200")
+    img = read_case(find_cases(tmp_path)[0])
+    assert img.array.shape == (24, 20, 12)
+    assert "2 series" in img.meta["series_note"]
+    np.testing.assert_allclose(img.array, np.clip(np.round(big), -1024, None), atol=1)
+
+
+def test_dicom_without_rescale_is_refused(tmp_path):
+    pytest.importorskip("pydicom")
+    write_dicom_series(tmp_path / "raw", simple_ct((16, 16, 10)), rescale=False)
+    img = read_case(find_cases(tmp_path)[0])
+    with pytest.raises(BadCaseError, match="without RescaleSlope/RescaleIntercept"):
+        validate_ct(img)
+
+
+def test_non_ct_dicom_modality_is_refused(tmp_path):
+    pytest.importorskip("pydicom")
+    write_dicom_series(tmp_path / "mr", simple_ct((16, 16, 10)), modality="MR")
+    with pytest.raises(BadCaseError, match="no CT series"):
+        read_case(find_cases(tmp_path)[0])
+
+
+def test_bad_files(tmp_path):
+    (tmp_path / "empty.nii.gz").write_bytes(b"")
+    write_nifti(tmp_path / "good.nii.gz", simple_ct((16, 16, 10)), ras_affine())
+    data = (tmp_path / "good.nii.gz").read_bytes()
+    (tmp_path / "trunc.nii.gz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "notes.docx").write_bytes(b"hello")
+    (tmp_path / "fake.nii").write_bytes(b"this is not nifti at all" * 20)
+    cases, bad = find_cases(tmp_path, with_bad=True)
+    assert [b.path.endswith("notes.docx") for b in bad] == [True]
+    assert "unsupported format" in bad[0].reason
+    by_name = {c.name: c for c in cases}
+    with pytest.raises(BadCaseError, match="empty file"):
+        read_case(by_name["empty"])
+    with pytest.raises(BadCaseError, match="trunc.nii.gz"):
+        read_case(by_name["trunc"])
+    with pytest.raises(BadCaseError, match="fake.nii"):
+        read_case(by_name["fake"])
+
+
+def test_missing_folder():
+    with pytest.raises(ScreenerError, match="does not exist"):
+        find_cases("/nonexistent/folder")
+
+
+@pytest.mark.parametrize("shape,match", [((32, 32), "2D"), ((32, 32, 1), "2D"), ((16, 16, 12, 3), "4D")])
+def test_dimensionality_checks(tmp_path, shape, match):
+    write_nifti(tmp_path / "x.nii.gz", np.full(shape, -1000) + np.arange(np.prod(shape)).reshape(shape) % 900,
+                np.eye(4))
+    with pytest.raises(BadCaseError, match=match):
+        validate_ct(read_case(find_cases(tmp_path)[0]))
+
+
+def test_intensity_checks(tmp_path):
+    mri = np.abs(simple_ct((16, 16, 12))) / 10
+    write_nifti(tmp_path / "mri.nii.gz", mri, ras_affine())
+    write_nifti(tmp_path / "const.nii.gz", np.zeros((16, 16, 12)), ras_affine())
+    nan = simple_ct((16, 16, 12))
+    nan[3, 3, 3] = np.nan
+    write_nifti(tmp_path / "nan.nii.gz", nan, ras_affine(), dtype=np.float32)
+    got = {}
+    for c in find_cases(tmp_path):
+        with pytest.raises(BadCaseError) as e:
+            validate_ct(read_case(c))
+        got[c.name] = str(e.value)
+    assert "do not look like CT" in got["mri"] and "mri.nii.gz" in got["mri"]
+    assert "constant volume" in got["const"]
+    assert "1 NaN/inf" in got["nan"]
+
+
+def write_raw_pixdim(path, data, dims):
+    """nibabel refuses to write bad spacings, so patch them into the header bytes."""
+    import gzip
+
+    img = nib.Nifti1Image(np.round(data).astype(np.int16), np.eye(4))
+    raw = bytearray(img.header.binaryblock)
+    hdr = nib.Nifti1Header(bytes(raw), check=False)
+    hdr["pixdim"][1:4] = dims
+    hdr.set_sform(None, code=0)
+    hdr.set_qform(None, code=0)
+    raw = hdr.binaryblock + b"\0" * 4 + np.round(data).astype(np.int16).tobytes(order="F")
+    with gzip.open(path, "wb") as f:
+        f.write(raw)
+
+
+def test_spacing_checks(tmp_path):
+    write_nifti(tmp_path / "huge.nii.gz", simple_ct((16, 16, 12)), ras_affine((1, 1, 50)))
+    for name, dims in (("zero", (1.0, 0.0, 1.0)), ("negative", (1.0, -1.0, 1.0))):
+        write_raw_pixdim(tmp_path / f"{name}.nii.gz", simple_ct((16, 16, 12)), dims)
+    msgs = {}
+    for c in find_cases(tmp_path):
+        with pytest.raises(BadCaseError) as e:
+            validate_ct(read_case(c))
+        msgs[c.name] = str(e.value)
+    assert "implausible voxel spacing" in msgs["huge"]
+    assert "spacing" in msgs["zero"] and "zero.nii.gz" in msgs["zero"]
+    assert "spacing" in msgs["negative"]
