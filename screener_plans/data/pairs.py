@@ -311,10 +311,11 @@ class PairSampler:
         spacing = np.asarray(case["spacing"], np.float64).reshape(3)
         return np.asarray(self.spacing_range, np.float64)[None, :] / spacing[:, None]
 
-    def __call__(self, case: Mapping) -> dict:
+    def __call__(self, case: Mapping, rng: np.random.Generator | None = None) -> dict:
+        """Sample one pair; ``rng`` (optional) makes the sample a pure function of the caller's seed."""
         from screener_plans.data.masking import apply_block_mask, block_mask
 
-        rng = self._generator()
+        rng = self._generator() if rng is None else rng
         out = sample_pair(
             case["image"], case["mask"], self.crop_size, self._scales(case), self.n_positions, rng,
             min_overlap=self.min_overlap, isotropic=self.isotropic, max_tries=self.max_tries,

@@ -192,6 +192,35 @@ def _select_dicom_series(case: CaseSource) -> tuple[list[str], str]:
     return sorted(ct[uid]), note
 
 
+def diagnose_unreadable(path: str) -> str | None:
+    """A specific reason why a file MONAI could not read is broken, when one can be found."""
+    import gzip
+    import zlib
+
+    if path.lower().endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as f:
+                while f.read(1 << 24):
+                    pass
+        except EOFError:
+            return "corrupt or truncated file (the gzip stream ends early)"
+        except (gzip.BadGzipFile, zlib.error, OSError) as e:
+            return f"corrupt or truncated file (not valid gzip: {e})"
+    if READERS.get(_suffix(path)) == "NibabelReader":
+        import nibabel as nib
+
+        try:
+            img = nib.load(path)
+        except Exception as e:
+            return f"not a valid NIfTI file ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+        try:
+            np.asanyarray(img.dataobj[..., :1] if img.ndim > 0 else img.dataobj)
+            img.get_fdata(dtype=np.float32)
+        except Exception as e:
+            return f"corrupt or truncated file (pixel data unreadable: {type(e).__name__})"
+    return None
+
+
 def _raw_nifti_pixdim(path: str) -> list[float] | None:
     import gzip
 
@@ -255,12 +284,11 @@ def read_case(case: CaseSource) -> CaseImage:
     except BadCaseError:
         raise
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "CRC" in msg or "EOF" in msg or "truncated" in msg.lower() or "compressed" in msg.lower():
-            reason = "corrupt or truncated file"
-        else:
-            reason = "unreadable image"
-        raise BadCaseError(case.path, f"{reason} ({type(e).__name__}: {msg[:160]})") from None
+        reason = diagnose_unreadable(case.path) if case.kind == "file" else None
+        if reason is None:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = f"unreadable image ({type(e).__name__}: {msg[:160]})"
+        raise BadCaseError(case.path, reason) from None
     array = np.asarray(img.detach().cpu().numpy() if hasattr(img, "detach") else img, dtype=np.float32)
     affine = np.asarray(img.affine if hasattr(img, "affine") else img_meta["affine"], dtype=np.float64)
     if case.reader == "NibabelReader":

@@ -1,1 +1,3 @@
-"""engines."""
+"""Ignite training engines, handlers and the small functions bundle configs call."""
+
+from screener_plans.engines import bundle, device, handlers, ssl, steps  # noqa: F401  (bundle configs import these)

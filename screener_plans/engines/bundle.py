@@ -1,0 +1,54 @@
+"""Small functions the bundles' configs call: plans loading, output folders, step counts, workers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from screener_plans.errors import ScreenerError
+
+
+def load_stage_plans(plans_file) -> dict:
+    """Load ``--plans_file`` with a clear message when it is missing."""
+    from screener_plans.planning.plans import load_plans
+
+    if not plans_file:
+        raise ScreenerError("--plans_file is required (the plans.json written by `screener plan`)")
+    return load_plans(plans_file)
+
+
+def run_dir_of(plans_file) -> str:
+    return str(Path(plans_file).resolve().parent)
+
+
+def output_dir(output_dir, plans_file, stage: str) -> str:
+    """``--output_dir`` or ``RUN/<stage>`` next to the plans; created and checked for writing."""
+    from screener_plans.io_utils import ensure_writable_dir
+
+    out = Path(output_dir) if output_dir else Path(run_dir_of(plans_file)) / stage
+    return str(ensure_writable_dir(out))
+
+
+def total_steps(plans: dict, stage: str, max_steps=None) -> int:
+    """``--max_steps`` when given, else the plans' steps for ``stage``."""
+    if max_steps not in (None, "", 0):
+        try:
+            n = int(max_steps)
+        except (TypeError, ValueError):
+            raise ScreenerError(f"--max_steps must be a positive integer, got {max_steps!r}") from None
+        if n <= 0:
+            raise ScreenerError(f"--max_steps must be a positive integer, got {max_steps!r}")
+        return n
+    return int(plans["steps"][stage])
+
+
+def loader_workers(device: torch.device, requested=None) -> int:
+    """Data-loader worker processes: as asked, else leave the CPU to compute on CPU-only machines."""
+    if requested not in (None, ""):
+        return max(0, int(requested))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if torch.device(device).type == "cuda":
+        return max(1, min(8, cpus - 1))
+    return 1 if cpus <= 4 else min(4, cpus // 4)

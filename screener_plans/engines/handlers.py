@@ -1,0 +1,221 @@
+"""Small Ignite handlers used by every training bundle.
+
+- ``ProgressLogger``: step, each loss term, lr, steps/s, data-wait share and ETA on the console,
+  the same numbers in ``logs/train_log.jsonl`` and TensorBoard (when installed).
+- ``CheckpointHandler``: atomic checkpoints every N steps and at the end, keeping the last few.
+- ``ResumeHandler``: continues from the newest checkpoint with the same schedule and data order.
+- ``ModelExporter``: writes the final ``models/model.pt`` atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+import torch
+from ignite.engine import Events
+
+from screener_plans.engines.device import is_main_process, unwrap
+from screener_plans.errors import ScreenerError
+from screener_plans.io_utils import atomic_path
+
+logger = logging.getLogger("screener.train")
+CKPT_RE = re.compile(r"checkpoint_(\d+)\.pt$")
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class ProgressLogger:
+    """Logs training progress every ``every`` steps (console, JSONL, TensorBoard)."""
+
+    def __init__(self, total_steps: int, every: int = 10, log_dir: str | None = None, name: str = "train"):
+        self.total, self.every, self.name = int(total_steps), max(1, int(every)), name
+        self.log_dir = Path(log_dir) if log_dir else None
+        self._sums: dict[str, float] = {}
+        self._count = 0
+        self._data_time = 0.0
+        self._window_start = None
+        self._batch_t0 = None
+        self._writer = None
+        self.history: list[dict] = []
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.GET_BATCH_STARTED, self._batch_started)
+        engine.add_event_handler(Events.GET_BATCH_COMPLETED, self._batch_completed)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
+        engine.add_event_handler(Events.COMPLETED, self._close)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._close_on_error)
+
+    def _started(self, engine) -> None:
+        self._window_start = time.perf_counter()
+        self._start_step = engine.state.iteration
+        if self.log_dir is not None and is_main_process():
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.log_dir))
+            except ImportError:
+                logger.info("tensorboard is not installed; logging to %s/train_log.jsonl only", self.log_dir)
+
+    def _batch_started(self, engine) -> None:
+        self._batch_t0 = time.perf_counter()
+
+    def _batch_completed(self, engine) -> None:
+        if self._batch_t0 is not None:
+            self._data_time += time.perf_counter() - self._batch_t0
+
+    def _iteration_completed(self, engine) -> None:
+        out = engine.state.output or {}
+        for k, v in out.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "lr":
+                self._sums[k] = self._sums.get(k, 0.0) + float(v)
+        self._count += 1
+        step = engine.state.iteration
+        if step % self.every and step != self.total:
+            return
+        now = time.perf_counter()
+        elapsed = now - self._window_start
+        rate = self._count / elapsed if elapsed > 0 else 0.0
+        record = {"step": step, "total": self.total, **{k: v / self._count for k, v in self._sums.items()},
+                  "lr": out.get("lr"), "steps_per_s": rate, "data_wait": self._data_time / elapsed if elapsed else 0.0,
+                  "eta_s": (self.total - step) / rate if rate else None, "time": time.time()}
+        self.history.append(record)
+        self._sums, self._count, self._data_time, self._window_start = {}, 0, 0.0, now
+        if not is_main_process():
+            return
+        terms = " ".join(f"{k} {record[k]:.4g}" for k in record
+                         if k not in ("step", "total", "lr", "steps_per_s", "data_wait", "eta_s", "time", "skipped"))
+        logger.info("%s step %d/%d %s lr %.3g %.2f step/s data-wait %.0f%% ETA %s", self.name, step, self.total,
+                    terms, record["lr"] or 0.0, rate, 100 * record["data_wait"],
+                    _fmt_eta(record["eta_s"] or 0.0))
+        if self.log_dir is not None:
+            with open(self.log_dir / "train_log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self._writer is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "total", "time"):
+                    self._writer.add_scalar(f"{self.name}/{k}", v, step)
+
+    def _close(self, engine) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+            self._writer = None
+
+    def _close_on_error(self, engine, e) -> None:
+        self._close(engine)
+        raise e
+
+
+def _state(obj):
+    return obj.state_dict() if hasattr(obj, "state_dict") else obj
+
+
+def save_checkpoint(path: str | Path, objects: dict) -> None:
+    """Atomically save ``{name: obj.state_dict()}``."""
+    payload = {k: _state(unwrap(v) if isinstance(v, torch.nn.Module) else v) for k, v in objects.items()}
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(payload, tmp)
+
+
+def latest_checkpoint(save_dir: str | Path) -> Path | None:
+    """The checkpoint with the highest step in ``save_dir``, or None."""
+    d = Path(save_dir)
+    if not d.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := CKPT_RE.search(p.name))]
+    return max(found)[1] if found else None
+
+
+class CheckpointHandler:
+    """Saves ``objects`` every ``every`` steps and when training completes; keeps the newest ``keep``."""
+
+    def __init__(self, save_dir: str, objects: dict, every: int, keep: int = 2):
+        self.save_dir, self.objects, self.every, self.keep = Path(save_dir), objects, int(every), int(keep)
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every), self.save)
+        engine.add_event_handler(Events.COMPLETED, self.save)
+
+    def save(self, engine) -> None:
+        if not is_main_process():
+            return
+        step = engine.state.iteration
+        path = self.save_dir / f"checkpoint_{step:08d}.pt"
+        if path.exists():
+            return
+        save_checkpoint(path, {**self.objects, "trainer": engine})
+        old = sorted((int(m.group(1)), p) for p in self.save_dir.iterdir() if (m := CKPT_RE.search(p.name)))
+        for _, p in old[: -self.keep]:
+            p.unlink(missing_ok=True)
+
+
+class ResumeHandler:
+    """At start, loads the newest checkpoint in ``save_dir`` (if any) into ``objects`` and the trainer.
+
+    ``sampler.start`` is moved past the batches already trained on, so the resumed run draws the
+    same samples as an uninterrupted one.
+    """
+
+    def __init__(self, save_dir: str, objects: dict, sampler=None, batch_size: int = 1, enabled: bool = True):
+        self.save_dir, self.objects, self.sampler = Path(save_dir), objects, sampler
+        self.batch_size, self.enabled = int(batch_size), bool(enabled)
+        self.resumed_from: Path | None = None
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.load)
+
+    def load(self, engine) -> None:
+        path = latest_checkpoint(self.save_dir) if self.enabled else None
+        if path is None:
+            return
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise ScreenerError(f"{path}: checkpoint cannot be loaded ({type(e).__name__}); delete it to restart "
+                                "from the previous one") from None
+        for name, obj in self.objects.items():
+            if name not in state:
+                raise ScreenerError(f"{path}: checkpoint has no '{name}' entry; it was written by another stage")
+            target = unwrap(obj) if isinstance(obj, torch.nn.Module) else obj
+            try:
+                target.load_state_dict(state[name])
+            except (RuntimeError, ValueError, KeyError) as e:
+                raise ScreenerError(f"{path}: checkpoint does not match this model/plans ({str(e).splitlines()[0]})") \
+                    from None
+        trainer_state = state["trainer"]
+        engine.state.iteration = int(trainer_state["iteration"])
+        # Ignite counts an epoch as done only at its end: a mid-epoch resume restarts that epoch
+        # at the saved iteration.
+        engine.state.epoch = engine.state.iteration // max(1, int(engine.state.epoch_length or 1))
+        if self.sampler is not None:
+            self.sampler.start = engine.state.iteration * self.batch_size
+        self.resumed_from = path
+        if is_main_process():
+            logger.info("resumed from %s (step %d)", path, engine.state.iteration)
+
+
+class ModelExporter:
+    """On completion writes ``model.state_dict()`` to ``path`` atomically (rank 0 only)."""
+
+    def __init__(self, path: str, model: torch.nn.Module):
+        self.path, self.model = Path(path), model
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self.export)
+
+    def export(self, engine) -> None:
+        if not is_main_process():
+            return
+        with atomic_path(self.path, suffix=".pt") as tmp:
+            torch.save(unwrap(self.model).state_dict(), tmp)
+        logger.info("saved %s", os.fspath(self.path))

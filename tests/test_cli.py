@@ -1,0 +1,67 @@
+import subprocess
+import sys
+
+import pytest
+
+from screener_plans.cli import main
+
+
+def _run(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.mark.parametrize("setup,needle", [
+    ("missing", "data folder does not exist"),
+    ("empty", "no images found"),
+    ("junk", "unsupported format"),
+    ("corrupt", "corrupt or truncated"),
+])
+def test_plan_errors_are_one_line(tmp_path, capsys, setup, needle):
+    data = tmp_path / "data"
+    if setup != "missing":
+        data.mkdir()
+    if setup == "junk":
+        (data / "scan.bmp").write_bytes(b"BM....")
+    if setup == "corrupt":
+        from conftest import ras_affine, simple_ct, write_nifti
+
+        write_nifti(data / "scan.nii.gz", simple_ct((24, 24, 12)), ras_affine())
+        raw = (data / "scan.nii.gz").read_bytes()
+        (data / "scan.nii.gz").write_bytes(raw[: len(raw) // 2])
+    code, err = _run(["plan", str(data), str(tmp_path / "run")], capsys)
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.startswith("screener: error:")]
+    assert len(lines) == 1 and needle in lines[0], err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "plans.json").exists()
+
+
+def test_unwritable_run_dir(ct_folder, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, err = _run(["plan", str(ct_folder), str(blocker / "run")], capsys)
+    assert code == 2 and "cannot create folder" in err and str(blocker) in err
+
+
+def test_preprocess_without_plans(tmp_path, capsys):
+    code, err = _run(["preprocess", str(tmp_path)], capsys)
+    assert code == 2 and "plans file not found" in err
+
+
+def test_console_script_plans_and_preprocesses(ct_folder, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "screener_plans.cli"]
+    p = subprocess.run(cmd + ["plan", str(ct_folder), str(run), "--device", "cpu", "--workers", "1",
+                              "--set", "steps.density=5", "--set", "seed=3"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "planned 4 cases" in p.stderr
+    import json
+
+    plans = json.loads((run / "plans.json").read_text())
+    assert plans["steps"]["density"] == 5 and plans["seed"] == 3
+    p = subprocess.run(cmd + ["preprocess", str(run), "--workers", "1"], capture_output=True, text=True)
+    assert p.returncode == 0 and "preprocessed 4 case(s)" in p.stderr, p.stderr
+    p = subprocess.run(cmd + ["plan", str(tmp_path / "nope"), str(run)], capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "does not exist" in p.stderr

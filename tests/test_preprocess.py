@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+
+from conftest import simple_ct, write_nifti
+from screener_plans.data.geometry import CaseGeometry
+from screener_plans.data.preprocess import cached_cases, load_case, preprocess
+from screener_plans.planning.planner import plan
+
+
+def _flipped_permuted_affine(spacing, origin=(10.0, -20.0, 5.0)):
+    """File axes (i, j, k) run along (-S, +R, -A): not RAS, forces reorientation."""
+    aff = np.zeros((4, 4))
+    aff[2, 0] = -spacing[0]
+    aff[0, 1] = spacing[1]
+    aff[1, 2] = -spacing[2]
+    aff[:3, 3] = origin
+    aff[3, 3] = 1
+    return aff
+
+
+@pytest.fixture
+def dotted_case(tmp_path):
+    """One non-RAS scan with a small bright cube at a known voxel, plus a normal companion."""
+    d = tmp_path / "data"
+    d.mkdir()
+    ras = simple_ct((50, 44, 30), seed=1, noise=0.0)
+    # file order (S, R, A) reversed where flipped; build by inverting the RAS mapping
+    file_arr = np.transpose(ras, (2, 0, 1))[::-1, :, ::-1].copy()
+    dot = (14, 20, 25)  # in file voxel order
+    file_arr[dot[0] - 1:dot[0] + 2, dot[1] - 1:dot[1] + 2, dot[2] - 1:dot[2] + 2] = 950.0
+    spacing = (2.0, 1.2, 1.3)
+    write_nifti(d / "dotted.nii.gz", file_arr, _flipped_permuted_affine(spacing))
+    write_nifti(d / "other.nii.gz", simple_ct((50, 44, 30), seed=2), np.diag([1.2, 1.3, 2.0, 1.0]))
+    return d, np.array(dot, dtype=float)
+
+
+def test_point_maps_to_cache_voxel_and_back(dotted_case, tmp_path):
+    data, dot = dotted_case
+    run = tmp_path / "run"
+    plans = plan(data, run, device="cpu", workers=1, progress=False, overrides=["spacing=[1.6, 1.6, 1.6]", "intensity.window=[-1000, 1000]"])
+    summary = preprocess(run, plans=plans, workers=1, progress=False)
+    assert summary["done"] == 2 and not summary["errors"]
+    image, mask, meta = load_case(run, "dotted")
+    assert image.dtype == np.float16 and mask.dtype == np.uint8 and image.shape == mask.shape
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    geo = CaseGeometry(meta)
+    p = geo.to_cache(dot)
+    np.testing.assert_allclose(geo.to_original(p), dot, atol=1e-9)
+    # the bright cube's centre of mass in the cache sits where the geometry says
+    lo = np.floor(p).astype(int) - 4
+    win = np.asarray(image[lo[0]:lo[0] + 10, lo[1]:lo[1] + 10, lo[2]:lo[2] + 10], dtype=np.float64)
+    w = np.clip(win - 0.85, 0, None)  # only the cube (950 HU) is brighter than 850 HU
+    centre = lo + np.array([(w.sum(axis=tuple(a for a in range(3) if a != ax)) * np.arange(10)).sum() / w.sum()
+                            for ax in range(3)])
+    np.testing.assert_allclose(centre, p, atol=0.35)
+    # spacing and the body crop are recorded
+    np.testing.assert_allclose(meta["spacing"], [1.6, 1.6, 1.6], rtol=0.05)
+    assert mask.mean() > 0.3
+
+
+def test_preprocess_is_resumable(dotted_case, tmp_path):
+    data, _ = dotted_case
+    run = tmp_path / "run"
+    plans = plan(data, run, device="cpu", workers=1, progress=False)
+    assert preprocess(run, plans=plans, workers=1, progress=False)["done"] == 2
+    again = preprocess(run, plans=plans, workers=1, progress=False)
+    assert again == {"done": 0, "cached": 2, "errors": []}
+    # a killed run leaves at most a hidden temp folder and no half-written case
+    (run / "preprocessed" / ".other.abc.tmp").mkdir()
+    import shutil
+
+    shutil.rmtree(run / "preprocessed" / "other")
+    assert cached_cases(run, plans) == ["dotted"]
+    assert preprocess(run, plans=plans, workers=1, progress=False)["done"] == 1
+    # changed plans values invalidate the cache
+    plans["intensity"]["window"] = [-1000.0, 500.0]
+    assert cached_cases(run, plans) == []
