@@ -59,6 +59,56 @@ class Screener:
         _echo(f"preprocessed {summary['done']} case(s), {summary['cached']} already cached, "
               f"{len(summary['errors'])} failed")
 
+    def train(self, run_dir, stage: str = "descriptor", max_steps: int | None = None, device: str | None = None,
+              condition: str | None = None, density: str | None = None, resume: bool = True):
+        """Train one stage (descriptor|condition|density) through its MONAI bundle; resumes by default."""
+        from screener_plans.bundle_runner import train_stage
+
+        path = train_stage(run_dir, stage, max_steps=max_steps, device=device, condition=condition,
+                           density=density, resume=resume)
+        _echo(f"{stage} model: {path}")
+
+    def calibrate(self, run_dir, device: str = "auto", max_cases: int = 8):
+        """Set the region threshold from the training scans' scores (RUN_DIR/calibration.json)."""
+        from screener_plans.inference.predict import calibrate
+
+        result = calibrate(run_dir, device=device, max_cases=max_cases)
+        _echo(f"threshold {result['threshold']:.4g} (quantile {result['quantile']}) -> {run_dir}/calibration.json")
+
+    def predict(self, run_dir, input, output_dir, device: str = "auto", skip_bad: bool = True,  # noqa: A002
+                overwrite: bool = False, torchscript=None):
+        """Anomaly maps, regions and pictures for a CT file or folder (the inference bundle, wrapped).
+
+        RUN_DIR: a trained run or a fetched model. --torchscript: use RUN_DIR/models/model.ts (or --torchscript PATH).
+        """
+        from screener_plans.bundle_runner import run_bundle
+
+        run_bundle("screener_inference", "inference.yaml", run_dir=str(run_dir), input=str(input),
+                   output_dir=str(output_dir), device=device, skip_bad=skip_bad, overwrite=overwrite,
+                   torchscript=torchscript)
+
+    @property
+    def zoo(self):
+        """Share trained models: screener zoo publish|list|fetch|export (see `screener zoo --help`)."""
+        return Zoo()
+
+    def plan_and_train(self, data_dir, run_dir, budget_minutes: float | None = None, device: str = "auto",
+                       condition: str | None = None, density: str | None = None, skip_bad: bool = False,
+                       workers: int = 0, set=None):  # noqa: A002
+        """Plan, preprocess, train descriptor, condition and density, calibrate. Re-running resumes."""
+        from screener_plans.pipeline import plan_and_train
+
+        plan_and_train(data_dir, run_dir, budget_minutes=budget_minutes, device=device, condition=condition,
+                       density=density, skip_bad=skip_bad, overrides=set, workers=workers)
+        _echo(f"trained run ready: {run_dir}  (next: screener predict {run_dir} INPUT OUTPUT_DIR)")
+
+    def demo(self, out_dir="screener_demo", budget_minutes: float = 11.0, cases: int | None = None,
+             device: str = "auto"):
+        """Synthetic data -> plan-and-train -> predict -> evaluate; prints metrics and picture paths."""
+        from screener_plans.demo import run_demo
+
+        print(run_demo(out_dir, budget_minutes=budget_minutes, cases=cases, device=device))
+
     def evaluate(self, pred_dir, labels_dir, mask_dir=None, output=None):
         """Print AUROC, AUROC@FPR0.3 and AUPRO@FPR0.3 (pooled and per case) as JSON."""
         from screener_plans.metrics import evaluate
@@ -70,6 +120,39 @@ class Screener:
 
             write_text(output, text + "\n")
         print(text)
+
+
+class Zoo:
+    """Model zoo: ZOO is a folder, a file:// URL or an http(s):// URL holding model_info.json and NAME_vX.Y.Z.zip."""
+
+    def publish(self, run_dir, zoo, name, version, force: bool = False, changelog: str | None = None,
+                torchscript: bool = False):
+        """Package a trained run as ZOO/NAME_vVERSION.zip (a MONAI bundle) and add it to ZOO/model_info.json."""
+        from screener_plans.zoo import publish
+
+        entry = publish(run_dir, zoo, name, version, force=force, changelog=changelog, torchscript=torchscript)
+        _echo(f"published {entry['name']}@{entry['version']} -> {zoo}/{entry['source']} "
+              f"(sha256 {entry['checksum'][:12]}...)")
+
+    def list(self, zoo, name=None):  # noqa: A003 - `screener zoo list` is the public command
+        """The zoo's models and versions (latest marked)."""
+        from screener_plans.zoo import format_models, list_models
+
+        print(format_models(list_models(zoo, name)))
+
+    def fetch(self, model, dest, zoo, force: bool = False):
+        """Fetch NAME[@VERSION] (default: latest) into DEST/NAME, checksum-verified; then screener predict DEST/NAME."""
+        from screener_plans.zoo import fetch
+
+        path = fetch(model, dest, zoo, force=force)
+        _echo(f"fetched {model} -> {path}  (next: screener predict {path} INPUT OUTPUT_DIR)")
+
+    def export(self, path, onnx: bool = False, out=None):
+        """Export the full scorer of a run or fetched model to PATH/models/model.ts (TorchScript) or model.onnx."""
+        from screener_plans.zoo import export_onnx, export_torchscript
+
+        result = export_onnx(path, out) if onnx else export_torchscript(path, out)
+        _echo(f"exported {'ONNX' if onnx else 'TorchScript'} scorer -> {result}")
 
 
 def _summary(info):
@@ -108,6 +191,14 @@ def main(argv: list[str] | None = None) -> int:
         fire.Fire(Screener(), command=argv, name="screener")
     except ScreenerError as e:
         _echo(f"screener: error: {e}")
+        return 2
+    except Exception as e:
+        from screener_plans.bundle_runner import find_screener_error
+
+        found = find_screener_error(e)
+        if found is None:
+            raise
+        _echo(f"screener: error: {found}")
         return 2
     except KeyboardInterrupt:
         _echo("screener: interrupted")

@@ -64,7 +64,7 @@ def test_preprocess_is_resumable(dotted_case, tmp_path):
     plans = plan(data, run, device="cpu", workers=1, progress=False)
     assert preprocess(run, plans=plans, workers=1, progress=False)["done"] == 2
     again = preprocess(run, plans=plans, workers=1, progress=False)
-    assert again == {"done": 0, "cached": 2, "errors": []}
+    assert (again["done"], again["cached"], again["errors"]) == (0, 2, [])
     # a killed run leaves at most a hidden temp folder and no half-written case
     (run / "preprocessed" / ".other.abc.tmp").mkdir()
     import shutil

@@ -60,7 +60,6 @@ class PairDataset(_IndexedDataset):
     """Positive pairs for the descriptor (1 channel) or condition (masked image + mask) model."""
 
     def __init__(self, run_dir, plans, length: int, stage: str = "descriptor", **kw):
-        from screener_plans.data.augment import ColorAugment
         from screener_plans.data.pairs import PairSampler
 
         super().__init__(run_dir, plans, length, **kw)
@@ -68,7 +67,7 @@ class PairDataset(_IndexedDataset):
         self.salt = 1 if masked else 0
         self.sampler = PairSampler(
             crop_size=plans["crop_size"], n_positions=plans["pairs_per_crop"], scale_range=tuple(plans["crop_scale"]),
-            augment=ColorAugment(),
+            augment=color_augment(plans),
             mask_block_size=plans["masking"]["block_size"] if masked else None,
             mask_ratio=plans["masking"]["ratio"] if masked else 0.0,
         )
@@ -78,6 +77,19 @@ class PairDataset(_IndexedDataset):
         case = self.cases.get(int(rng.integers(len(self.cases))))
         out = self.sampler(case, rng=rng)
         return {"crops": out["crops"], "positions": out["positions"]}
+
+
+def color_augment(plans: dict):
+    """The plans' colour augmentation, converted from HU to the [0, 1] window scale."""
+    from screener_plans.data.augment import ColorAugment
+
+    aug = plans["augment"]
+    lo, hi = plans["intensity"]["window"]
+    per_hu = 1.0 / (hi - lo)
+    c = aug["contrast"]
+    return ColorAugment(brightness=aug["brightness_hu"] * per_hu, contrast=(1 - c, 1 + c), gamma=(1 - c, 1 / (1 - c)),
+                        noise_std=(0.0, aug["noise_hu"] * per_hu), blur_sigma=(0.0, aug["blur_sigma"]),
+                        sharpen=(0.0, 0.5))
 
 
 def random_crop(image, mask, crop_size, rng: np.random.Generator):

@@ -11,7 +11,7 @@ blur and noise), the tissue map and the organ masks lesions are placed in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
@@ -50,6 +50,8 @@ MATERIALS: dict[str, Tissue] = {
     "esophagus": Tissue.SOFT, "gallbladder": Tissue.SOFT,
 }
 MAT = {name: i for i, name in enumerate(MATERIALS)}
+# HU keys used besides the materials: partial-volume overlays and the lung density gradient.
+OVERLAY_KEYS = ("lung_vessel", "portal", "hepatic", "rib", "cartilage", "airway_wall", "lung_gradient")
 _MAT_TISSUE = np.array([int(t) for t in MATERIALS.values()], np.uint8)
 # Low-frequency texture amplitude (HU per unit of a smooth random field) per material.
 _TEXTURE = {"fat_sc": 6.0, "fat": 10.0, "muscle": 5.0, "lung": 14.0, "liver": 4.0,
@@ -319,7 +321,6 @@ class Body:
     heart: float
     liver: float
     kyph: float
-    extra: dict = field(default_factory=dict)
 
     def at(self, t):
         """Body, fat, muscle, cavity and spine dimensions (mm) at heights t (array)."""
@@ -381,8 +382,7 @@ class Anatomy:
 
     hu: np.ndarray
     tissue: np.ndarray
-    masks: dict
-    body_box: tuple
+    masks: dict  # bool volumes: lung, liver, kidney, body
 
 
 class _Painter:
@@ -414,7 +414,11 @@ def _dome(body, u, v, d):
 
 
 def build_anatomy(rng, grid, body, hu_of):
-    """Render one patient's anatomy on ``grid``; ``hu_of`` maps material names to HU."""
+    """Render one patient's anatomy on ``grid``.
+
+    ``hu_of`` maps every name in :data:`MATERIALS` and :data:`OVERLAY_KEYS` to HU (the contrast
+    protocol). Returns an :class:`Anatomy` with HU before blur and noise.
+    """
     g, P = grid, _Painter(grid)
     u, v, t = g.axes()
     d = body.at(t)  # arrays shaped (1, 1, Z)
@@ -448,9 +452,11 @@ def build_anatomy(rng, grid, body, hu_of):
     above = t > td
     abdomen = cavity & (t < td - 4.5 * s)
     P.mat[cavity & ~above & ~abdomen] = MAT["muscle"]  # diaphragm sheet
-    t_sh = body.t_apex - 75 * h
-    k_ap = 1.7 * np.sqrt(1 - np.clip((t - t_sh) / (body.t_apex - t_sh), 0, 1) ** 2)
-    q_apex = ((np.abs(u) - 0.45 * d["ac"]) / (0.55 * d["ac"])) ** 2 + ((v + 0.2 * d["bcp"]) / (0.8 * d["bcp"])) ** 2
+    # Each lung ends in a dome: its cross-section shrinks to a point at the apex.
+    t_sh = body.t_apex - 85 * h
+    k_ap = 1.15 * np.sqrt(1 - np.clip((t - t_sh) / (body.t_apex - t_sh), 0, 1) ** 2)
+    q_apex = (((np.abs(u) - 0.45 * d["ac"]) / (0.55 * d["ac"])) ** 2
+              + ((v + 0.2 * d["bcp"]) / (0.8 * d["bcp"])) ** 2)
     thorax = cavity & above
     lung = thorax & (q_apex < k_ap ** 2)
 
@@ -463,23 +469,29 @@ def build_anatomy(rng, grid, body, hu_of):
     top_heart = t_hc + 40 * h
     wy = np.clip((vv - d["v_vb"]) / np.maximum(d["bca"] - d["v_vb"], 1), 0, 1)
     # Wide around the spine (aorta, oesophagus), thin behind the sternum (anterior junction).
-    w_med = (7 + 21 * (1 - wy) ** 1.5) * s + 12 * s * (1 - wy) * smoothstep(t, top_heart - 20, top_heart + 10)
+    w_med = ((7 + 21 * (1 - wy) ** 1.5) * s
+             + 12 * s * (1 - wy) * smoothstep(t, top_heart - 20, top_heart + 10))
     column = (np.abs(u + 4 * s) < w_med) & (vv > d["v_vb"] - 0.3 * d["b_vb"])
     lung &= ~column
     hb, hq = ellipsoid_q(g, heart_c, heart_semi, heart_rot, pad=1.0)
     if hb is not None:
         lung[hb] &= ~(hq < 1.12)  # pericardial fat margin
     P.mat[thorax & ~lung] = MAT["fat"]
-    P.mat[thorax & ~lung & ~column & (t > body.t_apex - 35 * h)] = MAT["muscle"]  # thoracic inlet
+    # Thoracic inlet / lower neck: muscle with fat planes instead of mediastinal fat.
+    nb = g.box((-1e4, -1e4, body.t_apex - 35 * h), (1e4, 1e4, 1e4))
+    if nb is not None:
+        neck = thorax[nb] & ~lung[nb]
+        fat_planes = smooth_field(rng, neck.shape, g.spacing, 12.0) < -0.6
+        P.paint(nb, neck & ~fat_planes, "muscle")
     P.mat[lung] = MAT["lung"]
 
     _heart_and_great_vessels(rng, P, body, d, d0, heart_c, heart_semi, heart_rot, above, t_hc)
     _abdomen(rng, P, body, d, d0, abdomen)
     _spine_and_ribs(rng, P, body, d)
     if rng.uniform() < 0.7:
-        _table(rng, P, body, d)
+        _table(rng, P, d)
     lung_m = P.mat == MAT["lung"]
-    _lung_vessels(rng, P, body, d0, lung_m, t_hc)
+    _lung_vessels(rng, P, body, lung_m)
 
     # HU lookup, lung density gradient (dependent lung is denser), organ texture.
     lut = np.array([hu_of[m] for m in MATERIALS], np.float32)
@@ -501,7 +513,7 @@ def build_anatomy(rng, grid, body, hu_of):
         hv += frac * (np.float32(hu_of[key]) - hv)
         tissue[box][frac >= 0.5] = tis
     masks = dict(lung=lung_m, liver=liver_m, kidney=kidney_m, body=body_m)
-    return Anatomy(hu=hu, tissue=tissue, masks=masks, body_box=None)
+    return Anatomy(hu=hu, tissue=tissue, masks=masks)
 
 
 # ----------------------------------------------------------------------------- organs
@@ -514,19 +526,19 @@ def _circle_paint(P, centre_u, centre_v, ru, rv, t_lo, t_hi, name, where=None):
     rmax = float(np.max(np.maximum(ru, rv)))
     box = g.box((cu.min() - rmax, cv.min() - rmax, t_lo), (cu.max() + rmax, cv.max() + rmax, t_hi))
     if box is None:
-        return None
+        return
     u, v, t = g.axes(box)
 
     def per_slice(x):
         x = np.asarray(x, np.float32)
         return x.reshape(1, 1, -1)[..., box[2]] if x.size == g.shape[2] else x
 
-    m = ((u - per_slice(centre_u)) / per_slice(ru)) ** 2 + ((v - per_slice(centre_v)) / per_slice(rv)) ** 2 <= 1
+    m = (((u - per_slice(centre_u)) / per_slice(ru)) ** 2
+         + ((v - per_slice(centre_v)) / per_slice(rv)) ** 2 <= 1)
     m = m & (t >= t_lo) & (t <= t_hi)
     if where is not None:
         m = m & np.isin(P.mat[box], [MAT[n] for n in where])
     P.paint(box, m, name)
-    return box, m
 
 
 def _local(grid, box, centre, rot):
@@ -574,8 +586,7 @@ def _heart_and_great_vessels(rng, P, body, d, d0, heart_c, heart_semi, heart_rot
     for frac, r, drift in ((0.3, 6.5, 0.25), (0.5, 4.5, 0.05), (0.72, 5.5, -0.2)):
         k = int(frac * 24)
         base = arch[k]
-        tt = t_all
-        cu = base[0] + drift * np.maximum(tt - base[2], 0) * s
+        cu = base[0] + drift * np.maximum(t_all - base[2], 0) * s
         _circle_paint(P, cu, np.full_like(cu, base[1]), r * s, r * s, base[2], 1e4, "blood")
 
     # Pulmonary trunk and arteries (venous blood), SVC, trachea, bronchi, oesophagus.
@@ -589,7 +600,7 @@ def _heart_and_great_vessels(rng, P, body, d, d0, heart_c, heart_semi, heart_rot
     pa1 = np.array([bif, hila[1] + [-8 * s, 0, 0], hila[-1] + [8 * s, 0, 0]])
     P.overlay(splat(g, *tube_samples(pa0, pa1, np.array([13, 10, 9.5]) * s, step=step)),
               "blood_right", Tissue.BLOOD)
-    la = heart_c + heart_rot @ np.array([0.5 * heart_semi[0], -0.35 * heart_semi[1], 0.1 * heart_semi[2]])
+    la = heart_c + heart_rot @ (np.array([0.5, -0.35, 0.1]) * heart_semi)  # left atrium
     pv0 = np.array([hila[1] + [0, -8 * s, -22 * h], hila[-1] + [0, -8 * s, -22 * h]])
     P.overlay(splat(g, *tube_samples(pv0, np.array([la, la]), 6 * s, step=step)), "blood", Tissue.BLOOD)
     _circle_paint(P, 28 * s, v_asc - 6 * s, 9 * s, 9 * s, t_hc + 28 * h, 1e4, "blood_right")
@@ -598,7 +609,7 @@ def _heart_and_great_vessels(rng, P, body, d, d0, heart_c, heart_semi, heart_rot
     t_car = t_arch - 10 * h
     _circle_paint(P, 2 * s, v_tr, 11 * s, 10 * s, t_car, 1e4, "esophagus")
     _circle_paint(P, 2 * s, v_tr, 9 * s, 8 * s, t_car, 1e4, "airway")
-    _circle_paint(P, sl(-8 * s + 0 * d["abd"]), sl(d["v_vb"] + d["b_vb"]) + 8 * s, 9 * s, 6 * s,
+    _circle_paint(P, -8 * s, sl(d["v_vb"] + d["b_vb"]) + 8 * s, 9 * s, 6 * s,
                   -25 * h, 1e4, "esophagus", where=("fat", "muscle"))
     d_car = body.at(np.array([t_car]))
     carina = np.array([2 * s, float(d_car["v_vb"][0] + d_car["b_vb"][0]) + 22 * s, t_car])
@@ -607,10 +618,10 @@ def _heart_and_great_vessels(rng, P, body, d, d0, heart_c, heart_semi, heart_rot
     b0 = np.array([carina, carina])
     P.overlay(splat(g, *tube_samples(b0, b1, 8.3 * s, step=step)), "airway_wall", Tissue.SOFT)
     P.overlay(splat(g, *tube_samples(b0, b1, 6.3 * s, step=step)), "airway", Tissue.AIRWAY)
-    P.extra.update(hila=hila, bronchi=br_end, t_hil=t_hil)
+    P.extra.update(hila=hila, bronchi=br_end)
 
 
-def _lung_vessels(rng, P, body, d0, lung_m, t_hc):
+def _lung_vessels(rng, P, body, lung_m):
     g, s, h = P.grid, body.s, body.h
     step = 0.55 * min(g.spacing)
     segs, air = [], []
@@ -625,7 +636,7 @@ def _lung_vessels(rng, P, body, d0, lung_m, t_hc):
         targets = pick_mm[pick_mm[:, 0] * side > 0]
         # Arteries leave the hilum, veins converge lower toward the left atrium. Each root
         # heads for a random point of this lung so that every lobe gets its share of vessels.
-        for start, n, r0 in ((hil, 10, 5.0), (hil + [0, -8 * s, -22 * h], 7, 4.6)):
+        for start, n, r0 in ((hil, 10, 4.2), (hil + [0, -8 * s, -22 * h], 7, 3.8)):
             tg = targets[:n]
             targets = targets[n:]
             if len(tg) == 0:
@@ -636,7 +647,7 @@ def _lung_vessels(rng, P, body, d0, lung_m, t_hc):
             dv = dv / np.maximum(dist, 1e-6)
             r = r0 * s * rng.uniform(0.8, 1.15, len(tg))
             roots = (st, dv, r, np.clip(0.35 * dist[:, 0], 12, 60))
-            segs.append(grow_tree(rng, g, lung_m, roots, r_min=0.5, decay_mm=100 * s,
+            segs.append(grow_tree(rng, g, lung_m, roots, r_min=0.5, decay_mm=90 * s,
                                   side_ratio=(0.45, 0.85), max_segments=12000))
         # Bronchial tree: a few generations of air tubes with soft-tissue walls.
         b = P.extra["bronchi"][side]
@@ -715,7 +726,7 @@ def _abdomen(rng, P, body, d, d0, abdomen):
         kb, q = ellipsoid_q(g, c, semi, rot)
         if kb is None:
             continue
-        lx, ly, lz = _local(g, kb, c, rot)
+        lx, _, lz = _local(g, kb, c, rot)
         kid = (q < 1) & ~((lx > 0.55 * semi[0]) & (np.abs(lz) < 0.35 * semi[2]))
         kid &= abdomen[kb] | (P.mat[kb] == MAT["muscle"])
         P.paint(kb, (q < 1.35) & abdomen[kb] & (P.mat[kb] != MAT["spleen"]), "fat")  # perirenal fat
@@ -762,7 +773,6 @@ def _abdomen(rng, P, body, d, d0, abdomen):
 
 def _spine_and_ribs(rng, P, body, d):
     g, s, h = P.grid, body.s, body.h
-    sl = lambda x: x.reshape(-1)  # noqa: E731
     H = rng.uniform(23, 28) * h
     disc0 = 4.5 * s
     t_t1 = body.t_apex + rng.uniform(0, 15) * h  # centre of T1
@@ -841,7 +851,8 @@ def _spine_and_ribs(rng, P, body, d):
         P.overlay(splat(g, *tube_samples(np.concatenate(c0), np.concatenate(c1), 4.2 * s, step=step)),
                   "cartilage", Tissue.SOFT)
     # Sternum in the anterior chest wall: wide manubrium, narrow body, thin xiphoid.
-    box = g.box((-30 * s, float(np.min(d["bca"])) - 5, t_st_bot), (30 * s, float(np.max(d["bca"])) + 25 * s, t_st_top))
+    box = g.box((-30 * s, float(np.min(d["bca"])) - 5, t_st_bot),
+                (30 * s, float(np.max(d["bca"])) + 25 * s, t_st_top))
     if box is not None:
         u, v, t = g.axes(box)
         rel = (t - t_st_bot) / (t_st_top - t_st_bot)
@@ -853,7 +864,7 @@ def _spine_and_ribs(rng, P, body, d):
         P.paint(box, m & core, "bone_marrow")
 
 
-def _table(rng, P, body, d):
+def _table(rng, P, d):
     g = P.grid
     y_top = float(np.min(-d["b_post"])) - rng.uniform(0, 10)
     curve = rng.uniform(0, 0.0015)

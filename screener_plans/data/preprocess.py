@@ -12,8 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
+from concurrent.futures import as_completed
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,9 @@ import numpy as np
 from screener_plans.data.body import body_mask, bounding_box
 from screener_plans.data.checks import validate_ct
 from screener_plans.data.geometry import resampled_shape, to_ras
-from screener_plans.data.readers import CaseImage, CaseSource, find_cases, read_case, warm_up
+from screener_plans.data.readers import CaseImage, CaseSource, find_cases, read_case
 from screener_plans.errors import BadCaseError, ScreenerError
+from screener_plans.parallel import case_pool
 from screener_plans.progress import Progress
 
 CACHE_VERSION = 1
@@ -131,7 +131,13 @@ def preprocess_case(case: CaseSource, plans: dict, run_dir: str | Path) -> dict:
         return {"name": case.name, "path": case.path, "status": "error", "error": e.reason}
     meta["cache_key"] = key
     write_case(out, image, mask, meta)
-    return {"name": case.name, "status": "done"}
+    return {"name": case.name, "status": "done", "peak_rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def load_case(run_dir: str | Path, name: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -174,8 +180,7 @@ def preprocess(run_dir: str | Path, plans: dict | None = None, data_dir: str | P
             results.append(preprocess_case(c, plans, run_dir))
             bar.update()
     else:
-        warm_up()
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
+        with case_pool(workers) as pool:
             futures = {pool.submit(preprocess_case, c, plans, run_dir): c for c in cases}
             for fut in as_completed(futures):
                 c = futures[fut]
@@ -187,6 +192,7 @@ def preprocess(run_dir: str | Path, plans: dict | None = None, data_dir: str | P
                 bar.update()
     errors = [r for r in results if r["status"] == "error"]
     summary = {
+        "worker_peak_rss_mb": max((r.get("peak_rss_mb", 0.0) for r in results), default=0.0),
         "done": sum(r["status"] == "done" for r in results),
         "cached": sum(r["status"] == "cached" for r in results),
         "errors": [{"path": r["path"], "problem": r["error"]} for r in errors],

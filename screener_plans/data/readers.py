@@ -238,11 +238,6 @@ def _raw_nifti_pixdim(path: str) -> list[float] | None:
         return None
 
 
-def warm_up() -> None:
-    """Import MONAI's readers once in the parent so forked workers do not each pay for it."""
-    import monai.transforms  # noqa: F401
-
-
 def read_case(case: CaseSource) -> CaseImage:
     """Read one case with MONAI's reader for its format; errors name the file and the problem."""
     try:

@@ -65,10 +65,10 @@ def _sample_hu(rng, protocol):
     U = rng.uniform
     fat = U(-112, -88)
     hu = dict(air=-1000.0, fat_sc=fat, fat=fat + U(-4, 10), skin=U(10, 40), muscle=U(42, 56),
-              lung=U(-875, -835), lung_gradient=U(20, 80), esophagus=U(35, 50), disc=U(70, 100),
+              lung=U(-915, -875), lung_gradient=U(10, 50), esophagus=U(35, 50), disc=U(70, 100),
               csf=U(5, 20), gallbladder=U(0, 20), bowel_fluid=U(0, 30), gas=-1000.0,
               airway=-1000.0, airway_wall=U(10, 50), table=U(150, 400), table_foam=U(-960, -880),
-              bone_cortex=U(900, 1300), bone_marrow=U(200, 380), bone_arch=U(550, 850),
+              bone_cortex=U(900, 1300), bone_marrow=U(250, 400), bone_arch=U(550, 850),
               rib=U(400, 650), cartilage=U(60, 180), sinus_fat=fat + U(0, 20))
     if protocol == "plain":
         blood = U(36, 48)
@@ -107,11 +107,8 @@ def _sample_case(rng, shape, spacing):
     if shape is not None:
         nx, ny = int(shape[0]), int(shape[1])
         body = sample_body(rng, max_half_width=min(nx * dx, 1.25 * ny * dy) / 2 - 8)
-    elif spacing is not None:
-        nx = ny = int(rng.integers(160, 225))
-        body = sample_body(rng, max_half_width=nx * dx / 2 - 8)
-    else:
-        body = sample_body(rng)
+    else:  # the grid is sized to the body below (at most 512 voxels across)
+        body = sample_body(rng, max_half_width=None if spacing is None else 512 * dx / 2 - 12)
     # Scan range: mostly chest, chest + upper abdomen, or upper abdomen with the lung bases.
     length = nz * dz
     mode = rng.choice(3, p=[0.35, 0.45, 0.2])
@@ -122,10 +119,13 @@ def _sample_case(rng, shape, spacing):
     prof = body.at(t0 + np.arange(nz) * dz)
     half_w = float(prof["a"].max())
     ap = float(prof["b_ant"].max() + prof["b_post"].max()) + 45  # + table
-    if shape is None and spacing is None:
+    if shape is None:
         need = max(2 * half_w * 1.06 + 20, ap + 20)
-        n = int(np.clip(np.ceil(need / dx) + rng.integers(0, 20), 160, 224))
-        dx = dy = max(dx, need / n)
+        if spacing is None:
+            n = int(np.clip(np.ceil(need / dx) + rng.integers(0, 20), 160, 224))
+            dx = dy = max(dx, need / n)
+        else:
+            n = int(min(np.ceil(need / min(dx, dy)) + rng.integers(0, 20), 512))
         nx = ny = n
     fov_y = ny * dy
     ic = (nx - 1) / 2 + rng.uniform(-0.03, 0.03) * nx
@@ -176,17 +176,42 @@ def _lesion_hu(rng, kind, hu_of, protocol):
     return rng.uniform(60, 110)
 
 
+def _find_site(rng, kind, radius, cand, organ_mask, inst, spacing):
+    """A lesion centre whose sphere lies (mostly) in the organ and clear of other lesions."""
+    lo = _RADIUS_MM[kind][0]
+    shape = organ_mask.shape
+    for attempt in range(60):
+        if attempt and attempt % 15 == 0:  # crowded or thin organ: try smaller lesions
+            radius = max(lo, radius * 0.75)
+        c = np.array(np.unravel_index(rng.choice(cand), shape))
+        half = np.ceil((radius * 1.5 + 4 * _EDGE_MM[kind]) / spacing).astype(int)
+        box = tuple(slice(max(ci - hh, 0), min(ci + hh + 1, n)) for ci, hh, n in zip(c, half, shape))
+        coords = [(np.arange(b.start, b.stop) - ci) * sp for b, ci, sp in zip(box, c, spacing)]
+        coords = (coords[0][:, None, None], coords[1][None, :, None], coords[2][None, None, :])
+        dist = np.sqrt(sum(x ** 2 for x in coords))
+        core = dist <= 0.9 * radius
+        if core.sum() == 0 or organ_mask[box][core].mean() < _MIN_FIT[kind]:
+            continue
+        if inst[box][dist <= radius + 4].any():
+            continue
+        return c, box, coords, radius
+    return None
+
+
 def _insert_lesions(rng, n, grid, hu, tissue, masks, hu_of, protocol):
-    """Place ``n`` lesions in organs present in the field of view; returns (instances, info)."""
+    """Paint ``n`` lesions into organs present in the field of view (in place).
+
+    Returns (instance map, per-lesion info). The ground truth is the lesion's soft occupancy
+    at half maximum, so it matches the visible edge after the partial-volume blur.
+    """
     vox_ml = float(np.prod(grid.spacing)) / 1000.0
     inst = np.zeros(grid.shape, np.uint8)
-    kinds = [k for k in LESION_KINDS if masks[_KIND_ORGAN[k]].sum() * vox_ml >= _MIN_ORGAN_ML[_KIND_ORGAN[k]]]
-    info = []
-    if not kinds or n <= 0:
-        return inst, info
-    cand = {}
-    sp = np.array(grid.spacing)
+    kinds = [k for k in LESION_KINDS
+             if masks[_KIND_ORGAN[k]].sum() * vox_ml >= _MIN_ORGAN_ML[_KIND_ORGAN[k]]]
+    info, cand = [], {}
     for _ in range(n):
+        if not kinds:
+            break
         w = np.array([_KIND_WEIGHT[k] for k in kinds])
         kind = kinds[rng.choice(len(kinds), p=w / w.sum())]
         organ = _KIND_ORGAN[kind]
@@ -195,31 +220,21 @@ def _insert_lesions(rng, n, grid, hu, tissue, masks, hu_of, protocol):
             if organ == "lung":  # centre in parenchyma, not in a vessel or airway
                 allowed = allowed & (tissue == Tissue.LUNG)
             cand[organ] = np.flatnonzero(allowed)
-        lo, hi = _RADIUS_MM[kind]
-        radius = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-        placed = None
-        for _attempt in range(60):
-            if _attempt and _attempt % 15 == 0:
-                radius = max(lo, radius * 0.75)
-            c = np.array(np.unravel_index(rng.choice(cand[organ]), grid.shape))
-            half = np.ceil((radius * 1.5 + 4 * _EDGE_MM[kind]) / sp).astype(int)
-            box = tuple(slice(max(ci - hh, 0), min(ci + hh + 1, n_)) for ci, hh, n_ in zip(c, half, grid.shape))
-            coords = [(np.arange(b.start, b.stop) - ci) * s_ for b, ci, s_ in zip(box, c, sp)]
-            du, dv, dt = coords[0][:, None, None], coords[1][None, :, None], coords[2][None, None, :]
-            dist = np.sqrt(du ** 2 + dv ** 2 + dt ** 2)
-            core = dist <= 0.9 * radius
-            if core.sum() == 0 or masks[organ][box][core].mean() < _MIN_FIT[kind]:
-                continue
-            if inst[box][dist <= radius + 4].any():
-                continue
-            placed = (c, box, (du, dv, dt))
-            break
-        if placed is None:
+        if len(cand[organ]) == 0:
+            kinds.remove(kind)
             continue
-        c, box, coords = placed
+        lo, hi = _RADIUS_MM[kind]
+        radius = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))  # small lesions are common
+        site = _find_site(rng, kind, radius, cand[organ], masks[organ], inst, np.array(grid.spacing))
+        if site is None:
+            continue
+        c, box, coords, radius = site
         lob = {"lung_nodule": 0.25, "ground_glass": 0.15}.get(kind, 0.1)
         f, dist, r_eff = _lesion_profile(rng, coords, radius, _EDGE_MM[kind], lob)
-        f = (f * masks[organ][box]).astype(np.float32)
+        f = (f * masks[organ][box]).astype(np.float32)  # never outside its organ
+        m = (f >= 0.5) & (inst[box] == 0)
+        if not m.any():
+            continue
         value = _lesion_hu(rng, kind, hu_of, protocol)
         ls = tuple(b.stop - b.start for b in box)
         tex = smooth_field(rng, ls, grid.spacing, 4.0 if kind == "ground_glass" else 6.0)
@@ -230,9 +245,6 @@ def _insert_lesions(rng, n, grid, hu, tissue, masks, hu_of, protocol):
         new = hv + f * (level - hv)
         # Ground glass raises the parenchyma but leaves the vessels running through it visible.
         hu[box] = np.maximum(hv, new) if kind == "ground_glass" else new
-        m = (f >= 0.5) & (inst[box] == 0)
-        if not m.any():
-            continue
         inst[box][m] = len(info) + 1
         tissue[box][m] = Tissue.LESION
         info.append(dict(kind=kind, radius_mm=round(radius, 2), hu=round(float(value), 1),
@@ -261,19 +273,28 @@ def _blur_and_noise(rng, hu, noise_sd):
     return ndimage.gaussian_filter(white, sig, mode="nearest", truncate=4.0)
 
 
-def make_phantom(seed: int, lesions=True, shape=None, spacing=None) -> Phantom:
+def make_phantom(seed: int, lesions=True, shape=None, spacing=None, protocol=None) -> Phantom:
     """Synthetic CT of one patient; same seed -> identical arrays.
 
     ``lesions``: True for 1-4 random lesions, False/0 for none, an int for that many (fewer if
-    the organs in the field of view cannot hold them). ``shape``/``spacing`` (X, Y, Z) override
-    the random grid; the body is scaled down to fit a small field of view.
+    the organs in the field of view cannot hold them). Anatomy and noise do not depend on it.
+    ``shape``/``spacing`` (X, Y, Z) override the random grid; the body is scaled down to fit a
+    small field of view. ``protocol`` forces "plain", "arterial" or "venous" contrast.
     """
     _check_shape_spacing(shape, spacing)
-    geo, lesion_ss, noise_ss = np.random.SeedSequence(int(seed)).spawn(3)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ScreenerError(f"make_phantom: seed must be a non-negative integer, got {seed!r}")
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise ScreenerError(f"make_phantom: protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if not isinstance(lesions, bool) and (not isinstance(lesions, (int, np.integer)) or lesions < 0):
+        raise ScreenerError(f"make_phantom: lesions must be True/False or a count >= 0, got {lesions!r}")
+    # Independent streams: lesions, noise and tissue HU never shift the anatomy's draws.
+    geo, lesion_ss, noise_ss, hu_ss = np.random.SeedSequence(int(seed)).spawn(4)
     rng = np.random.default_rng(geo)
     grid, body = _sample_case(rng, shape, spacing)
-    protocol = PROTOCOLS[rng.choice(3, p=[0.45, 0.2, 0.35])]
-    hu_of = _sample_hu(rng, protocol)
+    drawn = PROTOCOLS[rng.choice(3, p=[0.45, 0.2, 0.35])]
+    protocol = protocol or drawn
+    hu_of = _sample_hu(np.random.default_rng(hu_ss), protocol)
     affine = _affine(rng, grid)
     noise_sd = rng.uniform(10, 25)
     anat = build_anatomy(rng, grid, body, hu_of)
@@ -282,7 +303,8 @@ def make_phantom(seed: int, lesions=True, shape=None, spacing=None) -> Phantom:
     n = int(lrng.integers(1, 5)) if lesions is True else int(lesions)
     inst, info = _insert_lesions(lrng, n, grid, anat.hu, anat.tissue, anat.masks, hu_of, protocol)
     for les in info:
-        les["centre_mm"] = [round(float(x), 1) for x in affine[:3, :3] @ les.pop("centre_vox") + affine[:3, 3]]
+        centre = affine[:3, :3] @ les.pop("centre_vox") + affine[:3, 3]
+        les["centre_mm"] = [round(float(x), 1) for x in centre]
 
     img = _blur_and_noise(np.random.default_rng(noise_ss), anat.hu, noise_sd)
     hu = np.clip(np.rint(img), HU_MIN, HU_MAX).astype(np.int16)
@@ -322,35 +344,61 @@ def _case_seed(seed, split, index):
     return int(np.random.SeedSequence([int(seed), split, int(index)]).generate_state(1)[0])
 
 
+_CASE_FILE = re.compile(r"\.?case_\d{4,}(\.\d+\.tmp)?\.nii\.gz")
+_JSON_TMP = re.compile(r"\.dataset\.json\.\d+\.tmp")
+_SUBDIRS = ("train", "test/images", "test/labels")
+
+
+def _is_ours(out: Path) -> bool:
+    """A finished synthetic data set, or the remains of an interrupted run of this writer."""
+    try:
+        if json.loads((out / "dataset.json").read_text()).get("generator") == GENERATOR:
+            return True
+    except (OSError, ValueError, AttributeError):
+        pass
+    if (out / "dataset.json").exists():  # someone else's data set description
+        return False
+    for f in out.rglob("*"):
+        rel = f.relative_to(out).as_posix()
+        if f.is_dir():
+            if rel not in ("train", "test", *_SUBDIRS):
+                return False
+        elif f.parent == out:
+            if not _JSON_TMP.fullmatch(f.name):
+                return False
+        elif f.parent.relative_to(out).as_posix() not in _SUBDIRS or not _CASE_FILE.fullmatch(f.name):
+            return False
+    return True
+
+
 def _prepare_out_dir(out: Path):
     """Refuse a non-empty folder that is not a synthetic data set; drop stale cases of an old one."""
     if out.exists() and not out.is_dir():
         raise ScreenerError(f"{out}: exists and is not a folder")
     if out.exists() and any(out.iterdir()):
-        meta = out / "dataset.json"
-        try:
-            ours = json.loads(meta.read_text()).get("generator") == GENERATOR
-        except (OSError, ValueError, AttributeError):
-            ours = False
-        if not ours:
+        if not _is_ours(out):
             raise ScreenerError(f"{out}: folder is not empty and holds no synthetic data set; "
                                 "choose a new or empty folder")
-        meta.unlink()  # the data set is incomplete until dataset.json is rewritten
-        for sub in ("train", "test/images", "test/labels"):
-            for f in (out / sub).glob("case_*.nii.gz"):
-                if re.fullmatch(r"case_\d{4,}\.nii\.gz", f.name):
+        (out / "dataset.json").unlink(missing_ok=True)  # incomplete until rewritten at the end
+        for f in out.glob(".dataset.json.*.tmp"):
+            f.unlink()
+        for sub in _SUBDIRS:
+            for f in (out / sub).glob("*.nii.gz"):
+                if _CASE_FILE.fullmatch(f.name):
                     f.unlink()
-    for sub in ("train", "test/images", "test/labels"):
+    for sub in _SUBDIRS:
         (out / sub).mkdir(parents=True, exist_ok=True)
 
 
 def make_synthetic_dataset(out_dir, cases: int = 24, seed: int = 0, test_fraction: float = 0.25,
-                           test_cases: int | None = None, progress: bool = True) -> dict:
+                           test_cases: int | None = None, progress: bool = True, shape=None,
+                           spacing=None) -> dict:
     """Write the synthetic data set to ``out_dir`` and return what dataset.json holds.
 
     Layout: ``train/<case>.nii.gz`` (unlabeled), ``test/images/<case>.nii.gz`` and
     ``test/labels/<case>.nii.gz`` (uint8 lesion masks, same grid and affine), ``dataset.json``.
     ``test_cases`` overrides ``test_fraction``. Train and test cases are different patients.
+    ``shape``/``spacing`` fix the grid of every case (small, fast data sets for tests).
     """
     if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 2:
         raise ScreenerError(f"make-synthetic: --cases must be an integer >= 2, got {cases!r}")
@@ -362,6 +410,7 @@ def make_synthetic_dataset(out_dir, cases: int = 24, seed: int = 0, test_fractio
         test_cases = int(round(cases * float(test_fraction)))
     n_test = int(min(max(int(test_cases), 1), cases - 1))
     n_train = cases - n_test
+    _check_shape_spacing(shape, spacing)
     out = Path(out_dir)
     _prepare_out_dir(out)
 
@@ -384,17 +433,20 @@ def make_synthetic_dataset(out_dir, cases: int = 24, seed: int = 0, test_fractio
         t_start = time.time()
         name = f"case_{n_done:04d}"
         if split == 1:
-            ph = make_phantom(s, lesions=i in with_lesions)
+            ph = make_phantom(s, lesions=i in with_lesions, shape=shape, spacing=spacing)
             path = out / "train" / f"{name}.nii.gz"
             _save_nifti(ph.hu, ph.affine, path)
             entry = dict(case=name, image=f"train/{name}.nii.gz")
         else:
-            ph = make_phantom(s, lesions=True)
+            ph = make_phantom(s, lesions=True, shape=shape, spacing=spacing)
             for retry in range(1, 6):  # a test case must hold a lesion
                 if ph.lesion_kinds:
                     break
                 s = _case_seed(seed, 2, 10 ** 6 * retry + i)
-                ph = make_phantom(s, lesions=True)
+                if s in used:
+                    continue
+                used.add(s)
+                ph = make_phantom(s, lesions=True, shape=shape, spacing=spacing)
             if not ph.lesion_kinds:
                 raise RuntimeError(f"synthetic test case {name}: no lesion could be placed")
             _save_nifti(ph.hu, ph.affine, out / "test" / "images" / f"{name}.nii.gz")

@@ -52,3 +52,21 @@ def loader_workers(device: torch.device, requested=None) -> int:
     if torch.device(device).type == "cuda":
         return max(1, min(8, cpus - 1))
     return 1 if cpus <= 4 else min(4, cpus // 4)
+
+
+def warmup_fraction(plans: dict, steps: int) -> float:
+    """One-cycle warm-up share: the plans' value, but at least two steps (OneCycleLR needs one)."""
+    return min(0.5, max(float(plans["optim"]["warmup_fraction"]), 2.0 / max(1, int(steps))))
+
+
+def required(value, key: str):
+    """``value`` of a required bundle override, or a clear error naming ``--key``."""
+    if value in (None, ""):
+        raise ScreenerError(f"--{key} is required")
+    return value
+
+
+def run_plans_file(run_dir) -> str:
+    """``RUN/plans.json`` of ``--run_dir``."""
+    required(run_dir, "run_dir")
+    return str(Path(run_dir) / "plans.json")

@@ -175,6 +175,9 @@ class ResumeHandler:
         engine.add_event_handler(Events.STARTED, self.load)
 
     def load(self, engine) -> None:
+        if self.save_dir.is_dir() and is_main_process():
+            for stale in self.save_dir.glob(".checkpoint_*"):  # temp files of a killed save
+                stale.unlink(missing_ok=True)
         path = latest_checkpoint(self.save_dir) if self.enabled else None
         if path is None:
             return
@@ -207,8 +210,10 @@ class ResumeHandler:
 class ModelExporter:
     """On completion writes ``model.state_dict()`` to ``path`` atomically (rank 0 only)."""
 
-    def __init__(self, path: str, model: torch.nn.Module):
+    def __init__(self, path: str, model: torch.nn.Module, config: dict | None = None,
+                 config_name: str = "model_config.json"):
         self.path, self.model = Path(path), model
+        self.config, self.config_name = config, config_name
 
     def attach(self, engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self.export)
@@ -218,4 +223,8 @@ class ModelExporter:
             return
         with atomic_path(self.path, suffix=".pt") as tmp:
             torch.save(unwrap(self.model).state_dict(), tmp)
+        if self.config is not None:
+            from screener_plans.io_utils import write_json
+
+            write_json(self.path.parent / self.config_name, self.config)
         logger.info("saved %s", os.fspath(self.path))

@@ -11,8 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
+from concurrent.futures import as_completed
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,10 @@ import numpy as np
 from screener_plans.data.body import body_mask, bounding_box
 from screener_plans.data.checks import validate_ct
 from screener_plans.data.geometry import to_ras
-from screener_plans.data.readers import CaseSource, find_cases, read_case, warm_up
+from screener_plans.data.readers import CaseSource, find_cases, read_case
 from screener_plans.errors import BadCaseError, ScreenerError
 from screener_plans.io_utils import write_json
+from screener_plans.parallel import case_pool
 from screener_plans.progress import Progress
 
 FINGERPRINT_VERSION = 1
@@ -104,6 +104,9 @@ def fingerprint_case(case: CaseSource) -> dict:
     except MemoryError:
         return {"name": case.name, "path": case.path, "error": "out of memory while reading"}
     fp["path"] = case.path
+    import resource
+
+    fp["worker_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return fp
 
 
@@ -152,9 +155,7 @@ def compute_fingerprints(cases: list[CaseSource], cache_dir: Path, workers: int 
         for case, sig in todo:
             _store(case, sig, fingerprint_case(case))
     else:
-        # Fork keeps start-up cheap; workers are recycled so no leak accumulates over 30k scans.
-        warm_up()
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
+        with case_pool(workers) as pool:
             futures = {pool.submit(fingerprint_case, case): (case, sig) for case, sig in todo}
             for fut in as_completed(futures):
                 case, sig = futures[fut]
@@ -239,7 +240,8 @@ def build_fingerprint(data_dir: str | Path, run_dir: str | Path, workers: int = 
         "n_cases": len(good),
         "skipped": skipped,
         "pooled_hu": pooled_statistics(good),
-        "cases": [{k: v for k, v in fp.items() if k != "sample"} for fp in good],
+        "worker_peak_rss_mb": max(fp.get("worker_peak_rss_mb", 0.0) for fp in good),
+        "cases": [{k: v for k, v in fp.items() if k not in ("sample", "worker_peak_rss_mb")} for fp in good],
     }
     write_json(run_dir / "fingerprint.json", fingerprint)
     return fingerprint

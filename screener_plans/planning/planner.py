@@ -23,13 +23,13 @@ ANISOTROPY_RATIO = 3.0
 # Per-preset knobs that are not derived from the data.
 PRESET_PLANS = {
     "tiny": {
-        "max_crop": 48, "min_spacing": 1.5, "batch_size": 2, "pairs_per_crop": 256,
+        "max_crop": 48, "min_spacing": 1.5, "batch_size": 2, "pairs_per_crop": 256, "lr": 1e-3,
         "d_desc": 32, "d_cond": 24,
         "steps": {"descriptor": 800, "condition": 800, "density": 400},
         "density_batch": 4, "checkpoint_every": 100,
     },
     "base": {
-        "max_crop": 96, "min_spacing": 1.0, "batch_size": 8, "pairs_per_crop": 1024,
+        "max_crop": 96, "min_spacing": 1.0, "batch_size": 8, "pairs_per_crop": 1024, "lr": 3e-4,
         "d_desc": 32, "d_cond": 36,
         "steps": {"descriptor": 50000, "condition": 50000, "density": 20000},
         "density_batch": 8, "checkpoint_every": 1000,
@@ -173,10 +173,13 @@ def derive_plans(fingerprint: dict, device: str, memory_gb: float, preset: str |
         "batch_size": int(batch),
         "pairs_per_crop": int(knobs["pairs_per_crop"]),
         "crop_scale": [0.7, 1.4],
+        # Mild colour jitter in HU terms: CT intensities carry meaning (a liver mass may differ from
+        # liver by 30 HU), so descriptors must not become invariant to such differences.
+        "augment": {"brightness_hu": 15.0, "noise_hu": 15.0, "contrast": 0.05, "blur_sigma": 0.7},
         "masking": {"block_size": block, "ratio": 0.6},
         "network": network,
         "loss": {"kind": "vicreg", "inv_weight": 25.0, "var_weight": 25.0, "cov_weight": 1.0, "temperature": 0.1},
-        "optim": {"lr": 3e-4, "weight_decay": 1e-6, "grad_clip": 1.0, "warmup_fraction": 0.05},
+        "optim": {"lr": knobs["lr"], "weight_decay": 1e-6, "grad_clip": 1.0, "warmup_fraction": 0.05},
         "steps": dict(knobs["steps"]),
         "checkpoint_every": int(knobs["checkpoint_every"]),
         "density": {"kind": "flow", "condition": "masked", "batch_size": int(knobs["density_batch"])},

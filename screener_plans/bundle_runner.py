@@ -1,0 +1,75 @@
+"""Find Screener's MONAI bundles and run their workflows in-process (what `screener train` does)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from screener_plans.errors import ScreenerError
+
+STAGE_BUNDLES = {"descriptor": "screener_descriptor", "condition": "screener_condition", "density": "screener_density"}
+
+
+def bundles_root() -> Path:
+    """``$SCREENER_BUNDLES`` or the ``bundles/`` folder of the source checkout."""
+    env = os.environ.get("SCREENER_BUNDLES")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parent.parent / "bundles")
+    for c in candidates:
+        if (c / "screener_descriptor" / "configs").is_dir():
+            return c
+    raise ScreenerError("Screener's bundles/ folder was not found; install from a source checkout "
+                        "(pip install -e .) or set SCREENER_BUNDLES to the bundles folder")
+
+
+def bundle_dir(name: str) -> Path:
+    d = bundles_root() / name
+    if not (d / "configs").is_dir():
+        raise ScreenerError(f"{d}: bundle not found")
+    return d
+
+
+def find_screener_error(exc: BaseException) -> ScreenerError | None:
+    """The ScreenerError behind a MONAI config-evaluation error, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, ScreenerError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def run_bundle(name: str, config: str = "train.yaml", **overrides) -> None:
+    """``python -m monai.bundle run`` for one of Screener's bundles, with ``overrides``."""
+    from monai.bundle import run
+
+    import warnings
+
+    d = bundle_dir(name)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    # MONAI warns that configs run code; these are Screener's own shipped bundles.
+    warnings.filterwarnings("ignore", message="parsing config_file")
+    try:
+        run(config_file=str(d / "configs" / config), meta_file=str(d / "configs" / "metadata.json"),
+            logging_file=str(d / "configs" / "logging.conf"), **overrides)
+    except Exception as e:
+        found = find_screener_error(e)
+        if found is not None:
+            raise found from None
+        raise
+
+
+def train_stage(run_dir, stage: str, max_steps=None, device=None, condition=None, density=None,
+                resume: bool = True) -> Path:
+    """Train one stage through its bundle; returns the path of its ``models/model.pt``."""
+    if stage not in STAGE_BUNDLES:
+        raise ScreenerError(f"--stage must be one of {', '.join(STAGE_BUNDLES)}, got {stage!r}")
+    run_dir = Path(run_dir)
+    plans_file = run_dir / "plans.json"
+    if not plans_file.exists():
+        raise ScreenerError(f"{plans_file}: plans file not found (run `screener plan DATA_DIR {run_dir}` first)")
+    extra = {"condition": condition, "density": density} if stage == "density" else {}
+    run_bundle(STAGE_BUNDLES[stage], plans_file=str(plans_file), output_dir=str(run_dir / stage),
+               max_steps=max_steps, device=device, resume=resume, **extra)
+    return run_dir / stage / "models" / "model.pt"

@@ -1,0 +1,54 @@
+"""Density-model training on frozen descriptor (+ condition) features (paper section 2.4).
+
+The loss is the mean per-voxel negative log-likelihood of descriptors (given conditions) over
+random crops of the training scans.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from screener_plans.engines.device import amp_dtype, autocast
+from screener_plans.engines.models import Scorer, build_density_model, build_features, density_config
+from screener_plans.engines.steps import NonFiniteGuard, optimizer_step
+
+
+def build_density_scorer(run_dir, plans: dict, condition=None, density=None) -> Scorer:
+    """Frozen features of a run + a fresh density model, chosen by ``--condition``/``--density``."""
+    cfg = density_config(plans, condition, density)
+    scorer = Scorer(build_features(run_dir, plans, cfg), build_density_model(cfg))
+    scorer.config = cfg
+    return scorer
+
+
+class DensityIteration:
+    """``iteration_update(engine, batch)``: NLL of frozen features under the density model."""
+
+    def __init__(self, grad_clip: float = 1.0, amp: bool = True, patience: int = 10):
+        self.grad_clip, self.amp = float(grad_clip), bool(amp)
+        self.guard = NonFiniteGuard(patience=patience)
+
+    def __call__(self, engine, batch: dict) -> dict:
+        from monai.engines.utils import IterationEvents
+
+        scorer, optimizer = engine.network, engine.optimizer
+        device = torch.device(engine.state.device)
+        image = batch["image"].to(device, non_blocking=True)
+        origin = batch["origin_mm"].to(device, non_blocking=True)
+        spacing = batch["spacing"].to(device, non_blocking=True)
+        scorer.features.eval()
+        scorer.density.train()
+        with torch.no_grad(), autocast(device, amp_dtype(device, self.amp)):
+            y, c = scorer.features(image, origin, spacing)
+        nll = scorer.density(y.float(), c.float() if c.shape[1] else None)
+        loss = nll.mean()
+        engine.state.output = {"loss": loss.detach()}
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        ok = optimizer_step(loss, optimizer, scorer.density.parameters(), self.grad_clip, None, self.guard,
+                            engine.state.iteration)
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        out = {"loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"], "skipped": not ok}
+        engine.state.output = out
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return out

@@ -1,0 +1,80 @@
+"""Measure one training step of each stage on this machine (for budgets and benchmarks)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from screener_plans.engines.device import amp_dtype, autocast, resolve_device
+
+
+def _ssl_step_fn(run_dir, plans, stage, device):
+    from screener_plans.data.dataset import PairDataset
+    from screener_plans.engines.ssl import SSLModel, build_ssl_head, build_ssl_loss, build_stage_network
+
+    model = SSLModel(build_stage_network(plans, stage), build_ssl_head(plans, stage)).to(device)
+    loss_fn = build_ssl_loss(plans)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    b = plans["batch_size"]
+    data = PairDataset(run_dir, plans, length=10_000, stage=stage, seed=12345)
+    dtype = amp_dtype(device, plans["amp"])
+
+    def step(i):
+        items = [data[i * b + j] for j in range(b)]
+        crops = torch.stack([it["crops"] for it in items]).to(device)
+        pos = torch.stack([it["positions"] for it in items]).to(device)
+        with autocast(device, dtype):
+            z1, z2 = model(crops, pos)
+        loss = loss_fn(z1, z2)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _density_step_fn(run_dir, plans, device):
+    from screener_plans.data.dataset import CropDataset
+    from screener_plans.engines.models import FeatureExtractor, Scorer, build_density_model, density_config, freeze
+    from screener_plans.engines.ssl import build_stage_network
+
+    cfg = density_config(plans, None, None)
+    cond = build_stage_network(plans, "condition") if cfg["condition"] == "masked" else None
+    feats = freeze(FeatureExtractor(build_stage_network(plans, "descriptor"), cfg["condition"], cond, cfg["cond_dim"]))
+    scorer = Scorer(feats, build_density_model(cfg)).to(device)
+    opt = torch.optim.AdamW(scorer.density.parameters(), lr=1e-5)
+    b = plans["density"]["batch_size"]
+    data = CropDataset(run_dir, plans, length=10_000, seed=12345)
+    dtype = amp_dtype(device, plans["amp"])
+
+    def step(i):
+        items = [data[i * b + j] for j in range(b)]
+        image = torch.stack([it["image"] for it in items]).to(device)
+        origin = torch.stack([it["origin_mm"] for it in items]).to(device)
+        spacing = torch.stack([it["spacing"] for it in items]).to(device)
+        with torch.no_grad(), autocast(device, dtype):
+            y, c = scorer.features(image, origin, spacing)
+        loss = scorer.density(y.float(), c.float() if c.shape[1] else None).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def measure_step_seconds(run_dir, plans: dict, stage: str, device=None, steps: int = 3) -> float:
+    """Median seconds of one training step (data included) after one warm-up step."""
+    device = resolve_device(device)
+    step = _density_step_fn(run_dir, plans, device) if stage == "density" else _ssl_step_fn(run_dir, plans, stage, device)
+    step(0)
+    times = []
+    for i in range(1, steps + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        step(i)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]

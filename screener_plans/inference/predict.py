@@ -1,0 +1,185 @@
+"""Anomaly prediction for a file or a folder of CT scans, and threshold calibration.
+
+Each case is read, preprocessed exactly as in training, scored with a sliding window, mapped
+back onto its own grid and written as ``<case>.nii.gz``, ``<case>_regions.json`` and
+``<case>.png``. Finished cases are skipped on a re-run, so an interrupted folder resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from screener_plans.errors import BadCaseError, ScreenerError
+from screener_plans.io_utils import ensure_writable_dir, write_json
+from screener_plans.progress import Progress
+
+logger = logging.getLogger("screener.predict")
+
+
+def calibration_path(run_dir) -> Path:
+    return Path(run_dir) / "calibration.json"
+
+
+def load_threshold(run_dir) -> float | None:
+    """The region threshold calibrated on the training data, or None when not calibrated yet."""
+    path = calibration_path(run_dir)
+    if not path.exists():
+        return None
+    try:
+        return float(json.loads(path.read_text())["threshold"])
+    except (ValueError, KeyError, OSError) as e:
+        raise ScreenerError(f"{path}: unreadable calibration ({e}); delete it and run `screener calibrate`") from None
+
+
+def build_inferer(plans: dict, device, progress: bool = False):
+    from screener_plans.inference.sliding import ScorerInferer
+
+    inf = plans["inference"]
+    return ScorerInferer(plans["crop_size"], inf["overlap"], inf["blend"], inf["sw_batch_size"],
+                         amp=plans["amp"], progress=progress)
+
+
+def calibrate(run_dir, plans: dict | None = None, scorer=None, device="auto", max_cases: int = 8,
+              quantile: float | None = None) -> dict:
+    """Score up to ``max_cases`` training scans and store the body-voxel score quantile as threshold."""
+    from screener_plans.data.dataset import training_cases
+    from screener_plans.data.preprocess import load_case
+    from screener_plans.engines.device import resolve_device
+    from screener_plans.engines.models import load_scorer
+    from screener_plans.inference.calibration import calibrate_threshold
+    from screener_plans.planning.plans import load_plans
+
+    plans = plans or load_plans(Path(run_dir) / "plans.json")
+    device = resolve_device(device)
+    scorer = (scorer or load_scorer(run_dir, plans)).to(device)
+    inferer = build_inferer(plans, device)
+    quantile = quantile or plans["inference"]["region_threshold_quantile"]
+    names = training_cases(run_dir, plans)
+    rng = np.random.default_rng(plans["seed"])
+    chosen = [names[i] for i in sorted(rng.choice(len(names), size=min(max_cases, len(names)), replace=False))]
+
+    def maps():
+        for name in chosen:
+            image, mask, meta = load_case(run_dir, name)
+            score = inferer(scorer, image, meta["crop_origin_mm"], meta["spacing"], device)
+            yield score, np.asarray(mask) > 0
+
+    result = calibrate_threshold(maps(), quantile=quantile)
+    result = {**result, "cases": chosen}
+    write_json(calibration_path(run_dir), result)
+    logger.info("calibrated region threshold %.4g (body-voxel quantile %g over %d training cases)",
+                result["threshold"], quantile, len(chosen))
+    return result
+
+
+class Predictor:
+    """Scores scans with a trained run; ``run(input, output_dir)`` handles a file or a folder."""
+
+    def __init__(self, run_dir, plans: dict, scorer, device, threshold: float | None = None,
+                 skip_bad: bool = True, overwrite: bool = False, progress: bool = True):
+        self.run_dir, self.plans, self.device = Path(run_dir), plans, torch.device(device)
+        self.scorer = scorer.to(self.device).eval()
+        self.inferer = build_inferer(plans, self.device)
+        self.threshold = threshold
+        self.skip_bad, self.overwrite, self.progress = bool(skip_bad), bool(overwrite), bool(progress)
+
+    def done(self, out_dir: Path, name: str) -> bool:
+        return all((out_dir / f"{name}{suffix}").exists() for suffix in (".nii.gz", "_regions.json", ".png"))
+
+    def predict_case(self, case, out_dir: Path) -> dict:
+        from screener_plans.data.checks import validate_ct
+        from screener_plans.data.preprocess import preprocess_image
+        from screener_plans.data.readers import read_case
+        from screener_plans.inference.restore import to_original_grid
+        from screener_plans.inference.writer import write_case_outputs
+
+        t0 = time.perf_counter()
+        img = validate_ct(read_case(case))
+        t_read = time.perf_counter()
+        image, mask, meta = preprocess_image(img, self.plans)
+        t_pre = time.perf_counter()
+        score = self.inferer(self.scorer, image, meta["crop_origin_mm"], meta["spacing"], self.device)
+        t_inf = time.perf_counter()
+        original = to_original_grid(score, mask, meta)
+        t_back = time.perf_counter()
+        threshold = self.threshold if self.threshold is not None else float(np.quantile(score[mask > 0], 0.999))
+        timing = {"read": t_read - t0, "preprocess": t_pre - t_read, "sliding_window": t_inf - t_pre,
+                  "resample_back": t_back - t_inf}
+        result = write_case_outputs(out_dir, case.name, original, img.affine, img.array, threshold,
+                                    extra={"source": str(case.path), "threshold_calibrated": self.threshold is not None})
+        timing["write"] = time.perf_counter() - t_back
+        result["timing"] = timing
+        return result
+
+    def run(self, input_path, output_dir) -> dict:
+        from screener_plans.data.readers import find_cases
+
+        out_dir = ensure_writable_dir(output_dir)
+        cases, bad = find_cases(input_path, with_bad=True)
+        if not cases and not bad:
+            raise ScreenerError(f"{input_path}: no images found")
+        if self.threshold is None:
+            logger.warning("%s has no calibration.json: region threshold falls back to each scan's 99.9th "
+                           "percentile (run `screener calibrate %s`)", self.run_dir, self.run_dir)
+        summary = {"done": [], "skipped_existing": [], "errors": [{"path": b.path, "problem": b.reason} for b in bad]}
+        if bad and not self.skip_bad:
+            raise ScreenerError(f"{bad[0].path}: {bad[0].reason}")
+        bar = Progress(len(cases), "predict", enabled=self.progress)
+        for case in cases:
+            if not self.overwrite and self.done(out_dir, case.name):
+                summary["skipped_existing"].append(case.name)
+                bar.update()
+                continue
+            try:
+                res = self.predict_case(case, out_dir)
+                summary["done"].append({"case": case.name, "n_regions": len(res.get("regions", [])),
+                                        "timing": res["timing"]})
+            except BadCaseError as e:
+                if not self.skip_bad:
+                    raise
+                summary["errors"].append({"path": e.path, "problem": e.reason})
+            bar.update()
+        for e in summary["errors"]:
+            logger.warning("skipped %s: %s", e["path"], e["problem"])
+        if summary["errors"] and not summary["done"] and not summary["skipped_existing"]:
+            raise ScreenerError(f"no case could be scored; first: {summary['errors'][0]['path']}: "
+                                f"{summary['errors'][0]['problem']}")
+        return summary
+
+
+def predict(run_dir, input_path, output_dir, device="auto", skip_bad: bool = True, overwrite: bool = False,
+            progress: bool = True, torchscript=None) -> dict:
+    """Score a file or folder with the trained run (or fetched model) in ``run_dir``.
+
+    ``torchscript``: True for ``run_dir/models/model.ts``, or the path of a TorchScript export.
+    """
+    from screener_plans.engines.device import resolve_device
+    from screener_plans.planning.plans import load_plans
+    from screener_plans.zoo.layout import load_run_scorer
+
+    plans = load_plans(Path(run_dir) / "plans.json")
+    device = resolve_device(device)
+    scorer = load_run_scorer(run_dir, plans, torchscript)
+    predictor = Predictor(run_dir, plans, scorer, device, load_threshold(run_dir),
+                          skip_bad=skip_bad, overwrite=overwrite, progress=progress)
+    return predictor.run(input_path, output_dir)
+
+
+def format_summary(summary: dict) -> str:
+    """One line per outcome for the console."""
+    lines = [f"scored {len(summary['done'])} case(s), {len(summary['skipped_existing'])} already done, "
+             f"{len(summary['errors'])} skipped"]
+    for d in summary["done"]:
+        t = d["timing"]
+        lines.append(f"  {d['case']}: {d['n_regions']} region(s), {sum(t.values()):.1f} s "
+                     f"(read {t['read']:.1f}, preprocess {t['preprocess']:.1f}, sliding window {t['sliding_window']:.1f}, "
+                     f"back to input grid {t['resample_back']:.1f}, write {t['write']:.1f})")
+    for e in summary["errors"]:
+        lines.append(f"  skipped {e['path']}: {e['problem']}")
+    return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""`screener plan-and-train`: plan, preprocess, train the three stages and calibrate, resumably.
+
+With ``--budget-minutes`` the steps per stage are set from measured step times so the whole run
+ends within the budget on this machine; the chosen steps are written into ``plans.json`` so a
+re-run resumes with the same schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from screener_plans.errors import ScreenerError
+
+logger = logging.getLogger("screener")
+
+STAGE_SHARE = {"descriptor": 0.42, "condition": 0.33, "density": 0.25}
+STAGE_OVERHEAD_S = 12.0  # bundle start-up, data workers, final save
+MAX_STEPS = 200_000
+
+
+def stages_for(condition: str) -> list[str]:
+    return ["descriptor", "condition", "density"] if condition == "masked" else ["descriptor", "density"]
+
+
+def stage_started(run_dir: Path, stage: str) -> bool:
+    d = run_dir / stage
+    return (d / "models" / "model.pt").exists() or any((d / "checkpoints").glob("checkpoint_*.pt"))
+
+
+def budget_steps(run_dir: Path, plans: dict, stages: list[str], seconds_left: float, device) -> dict:
+    """Steps per stage that fit ``seconds_left``, from step times measured on this machine."""
+    from screener_plans.engines.timing import measure_step_seconds
+
+    todo = [s for s in stages if not stage_started(run_dir, s)]
+    if not todo:
+        return {}
+    share = sum(STAGE_SHARE[s] for s in todo)
+    out = {}
+    for s in todo:
+        t = measure_step_seconds(run_dir, plans, s, device)
+        budget = max(0.0, seconds_left * STAGE_SHARE[s] / share - STAGE_OVERHEAD_S)
+        out[s] = {"steps": int(min(MAX_STEPS, max(20, budget / t))), "step_seconds": round(t, 4)}
+    return out
+
+
+def plan_and_train(data_dir, run_dir, budget_minutes: float | None = None, device: str = "auto",
+                   condition: str | None = None, density: str | None = None, skip_bad: bool = False,
+                   overrides=None, workers: int = 0) -> dict:
+    """Everything from a folder of CTs to a calibrated, trained run; re-running resumes."""
+    from screener_plans.bundle_runner import train_stage
+    from screener_plans.data.preprocess import preprocess
+    from screener_plans.engines.models import CONDITIONS, DENSITIES, check_choice
+    from screener_plans.inference.predict import calibrate, calibration_path
+    from screener_plans.planning.planner import plan
+    from screener_plans.planning.plans import load_plans, save_plans
+
+    t0 = time.monotonic()
+    run_dir = Path(run_dir)
+    plans_file = run_dir / "plans.json"
+    if plans_file.exists():
+        plans = load_plans(plans_file)
+        logger.info("using existing %s (delete it to plan again)", plans_file)
+    else:
+        plans = plan(data_dir, run_dir, device=device, overrides=overrides, skip_bad=skip_bad, workers=workers)
+    if condition is not None:
+        plans["density"]["condition"] = check_choice(condition, CONDITIONS, "condition")
+    if density is not None:
+        plans["density"]["kind"] = check_choice(density, DENSITIES, "density")
+    summary = preprocess(run_dir, plans=plans, data_dir=data_dir, workers=workers)
+    for e in summary["errors"]:
+        logger.warning("skipped %s: %s", e["path"], e["problem"])
+    stages = stages_for(plans["density"]["condition"])
+    if budget_minutes:
+        # keep a share for calibration and for the density stage's first-batch initialisation
+        left = budget_minutes * 60 - (time.monotonic() - t0) - 30.0
+        if left <= 60:
+            raise ScreenerError(f"--budget-minutes {budget_minutes:g} leaves no time for training after "
+                                "planning and preprocessing")
+        chosen = budget_steps(run_dir, plans, stages, left * 0.93, device if device != "auto" else None)
+        for stage, info in chosen.items():
+            plans["steps"][stage] = info["steps"]
+            plans.setdefault("overrides", {})[f"steps.{stage}"] = f"budget {budget_minutes:g} min"
+        plans["budget"] = {"minutes": budget_minutes, **{s: v for s, v in chosen.items()}}
+        logger.info("budget %g min: steps %s", budget_minutes,
+                    ", ".join(f"{s} {v['steps']} ({v['step_seconds']:.2f} s/step)" for s, v in chosen.items()))
+    save_plans(plans, plans_file)
+    dev = None if device == "auto" else device
+    for stage in stages:
+        if (run_dir / stage / "models" / "model.pt").exists():
+            logger.info("%s already trained", stage)
+            continue
+        train_stage(run_dir, stage, device=dev)
+    if not calibration_path(run_dir).exists():
+        calibrate(run_dir, plans, device=device)
+    elapsed = time.monotonic() - t0
+    logger.info("plan-and-train finished in %.1f min: %s", elapsed / 60, run_dir)
+    return {"run_dir": str(run_dir), "minutes": elapsed / 60, "stages": stages}

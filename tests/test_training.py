@@ -1,0 +1,221 @@
+"""Descriptor / condition / density training on tiny synthetic CT: it runs, learns, resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from screener_plans.bundle_runner import train_stage
+from screener_plans.data.preprocess import preprocess
+from screener_plans.data.synthetic import make_phantom, make_synthetic_dataset
+from screener_plans.planning.planner import plan
+
+SMALL = ["crop_size=[32, 32, 32]", "pairs_per_crop=128", "checkpoint_every=10", "spacing=[3.0, 3.0, 3.0]",
+         "density.batch_size=2", "inference.sw_batch_size=4"]
+
+
+def _log(run, stage):
+    return [json.loads(line) for line in (run / stage / "logs" / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """Six small phantoms, planned and preprocessed, descriptor and condition trained briefly."""
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("train")
+    make_synthetic_dataset(root / "data", cases=8, seed=1, test_cases=2, progress=False,
+                           shape=(96, 96, 48), spacing=(3.0, 3.0, 4.0))
+    run = root / "run"
+    plan(root / "data" / "train", run, device="cpu", overrides=SMALL, workers=1, progress=False)
+    preprocess(run, workers=1, progress=False)
+    train_stage(run, "descriptor", max_steps=60)
+    train_stage(run, "condition", max_steps=60)
+    return run
+
+
+def test_ssl_training_lowers_the_loss(tiny_run):
+    for stage in ("descriptor", "condition"):
+        log = _log(tiny_run, stage)
+        assert log[-1]["step"] == 60
+        first, last = log[0]["loss"], np.mean([r["loss"] for r in log[-2:]])
+        assert last < first, (stage, first, last)
+        assert set(log[0]) >= {"invariance", "variance", "covariance", "lr", "steps_per_s", "data_wait", "eta_s"}
+        assert (tiny_run / stage / "models" / "model.pt").exists()
+
+
+def _cache_tissue(plans, seed):
+    """A phantom preprocessed like training data, with its tissue classes on the cache grid."""
+    from screener_plans.data.geometry import CaseGeometry
+    from screener_plans.data.preprocess import preprocess_image
+    from screener_plans.data.readers import CaseImage
+
+    ph = make_phantom(seed, lesions=False, shape=(96, 96, 48), spacing=(3.0, 3.0, 4.0))
+    img = CaseImage("p", "p", ph.hu.astype(np.float32), ph.affine)
+    image, mask, meta = preprocess_image(img, plans)
+    idx = np.stack(np.meshgrid(*[np.arange(s) for s in image.shape], indexing="ij"), -1).reshape(-1, 3)
+    orig = np.rint(CaseGeometry(meta).to_original(idx)).astype(int)
+    orig = np.clip(orig, 0, np.array(ph.tissue.shape) - 1)
+    tissue = ph.tissue[orig[:, 0], orig[:, 1], orig[:, 2]].reshape(image.shape)
+    return image.astype(np.float32), mask.astype(bool), tissue
+
+
+def _dense(net, image):
+    stride = 8
+    pad = [(0, (-s) % stride) for s in image.shape]
+    x = torch.from_numpy(np.pad(image, pad))[None, None]
+    with torch.no_grad():
+        f = net(x)[0]
+    return f[:, : image.shape[0], : image.shape[1], : image.shape[2]].numpy()
+
+
+def _knn_accuracy(train_x, train_y, test_x, test_y, k=5):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    clf = KNeighborsClassifier(k).fit(train_x, train_y)
+    return float((clf.predict(test_x) == test_y).mean())
+
+
+def test_descriptors_carry_anatomy(tiny_run):
+    from screener_plans.engines.models import load_stage_network
+    from screener_plans.planning.plans import load_plans
+
+    plans = load_plans(tiny_run / "plans.json")
+    net = load_stage_network(tiny_run, plans, "descriptor")
+    rng = np.random.default_rng(0)
+    sets = []
+    for seed in (101, 202):
+        image, mask, tissue = _cache_tissue(plans, seed)
+        feats = _dense(net, image)
+        keep = mask & (tissue > 0)
+        # balance classes: at most 150 voxels per tissue
+        xs, ys, ints = [], [], []
+        for t in np.unique(tissue[keep]):
+            where = np.argwhere(keep & (tissue == t))
+            pick = where[rng.permutation(len(where))[:150]]
+            xs.append(feats[:, pick[:, 0], pick[:, 1], pick[:, 2]].T)
+            ints.append(image[pick[:, 0], pick[:, 1], pick[:, 2]][:, None])
+            ys.append(np.full(len(pick), t))
+        sets.append((np.concatenate(xs), np.concatenate(ints), np.concatenate(ys)))
+    (fa, ia, ya), (fb, ib, yb) = sets
+    acc_desc = _knn_accuracy(fa, ya, fb, yb)
+    acc_int = _knn_accuracy(ia, ya, ib, yb)
+    assert acc_desc > acc_int + 0.05, (acc_desc, acc_int)
+
+
+def test_condition_is_less_sensitive_to_masking_than_descriptor(tiny_run):
+    from screener_plans.engines.models import load_stage_network
+    from screener_plans.planning.plans import load_plans
+
+    plans = load_plans(tiny_run / "plans.json")
+    desc = load_stage_network(tiny_run, plans, "descriptor")
+    cond = load_stage_network(tiny_run, plans, "condition")
+    image, mask, _ = _cache_tissue(plans, 303)
+    zeros = np.zeros_like(image)
+    d0 = _dense(desc, image)
+
+    def cond_feats(img, m):
+        stride = 8
+        pad = [(0, (-s) % stride) for s in img.shape]
+        x = torch.from_numpy(np.stack([np.pad(img, pad), np.pad(m, pad)]))[None]
+        with torch.no_grad():
+            f = cond(x)[0]
+        return f[:, : img.shape[0], : img.shape[1], : img.shape[2]].numpy()
+
+    c0 = cond_feats(image, zeros)
+    rng = np.random.default_rng(1)
+    body = np.argwhere(mask)
+    ratios_d, ratios_c = [], []
+    b = plans["masking"]["block_size"]
+    for p in body[rng.permutation(len(body))[:12]]:
+        lo = np.maximum(p - b // 2, 0)
+        hi = lo + b
+        block = np.zeros_like(image)
+        block[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 1
+        d1 = _dense(desc, image * (1 - block))
+        c1 = cond_feats(image * (1 - block), block)
+        ratios_d.append(np.linalg.norm(d1[:, p[0], p[1], p[2]] - d0[:, p[0], p[1], p[2]]) / d0[:, mask].std(1).sum())
+        ratios_c.append(np.linalg.norm(c1[:, p[0], p[1], p[2]] - c0[:, p[0], p[1], p[2]]) / c0[:, mask].std(1).sum())
+    assert np.mean(ratios_c) < np.mean(ratios_d), (np.mean(ratios_c), np.mean(ratios_d))
+
+
+def test_density_scores_planted_anomaly_above_normal_tissue(tiny_run, tmp_path):
+    from screener_plans.inference.predict import calibrate, predict
+
+    train_stage(tiny_run, "density", max_steps=40)
+    log = _log(tiny_run, "density")
+    assert log[-1]["loss"] < log[0]["loss"]
+    calibrate(tiny_run, device="cpu", max_cases=2)
+    ph = make_phantom(404, lesions=False, shape=(96, 96, 48), spacing=(3.0, 3.0, 4.0))
+    clean = ph.hu.astype(np.float32)
+    # plant a gas-filled ball (an abscess-like finding) inside the liver
+    liver = np.argwhere(ph.tissue == 6)
+    centre = liver[len(liver) // 2]
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in clean.shape], indexing="ij"), -1)
+    ball = (np.linalg.norm((grid - centre) * np.array(ph.spacing), axis=-1) < 12) & (ph.tissue == 6)
+    planted = clean.copy()
+    planted[ball] = -900.0
+    import nibabel as nib
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for name, hu in (("clean", clean), ("planted", planted)):
+        nib.save(nib.Nifti1Image(hu.astype(np.int16), ph.affine), str(inp / f"{name}.nii.gz"))
+    summary = predict(tiny_run, inp, tmp_path / "out", device="cpu", progress=False)
+    assert sorted(d["case"] for d in summary["done"]) == ["clean", "planted"]
+    maps = {n: np.asarray(nib.load(str(tmp_path / "out" / f"{n}.nii.gz")).dataobj) for n in ("clean", "planted")}
+    assert maps["planted"].shape == clean.shape
+    body = (ph.tissue > 0) & ~ball
+    # the anomaly raises the score where it is, well above typical tissue, and only there
+    assert maps["planted"][ball].mean() > 1.3 * maps["clean"][ball].mean()
+    assert np.median(maps["planted"][ball]) > np.quantile(maps["clean"][body], 0.75)
+    far = body & (np.linalg.norm((grid - centre) * np.array(ph.spacing), axis=-1) > 60)
+    assert abs(np.median(maps["planted"][far]) - np.median(maps["clean"][far])) < 0.05 * np.median(maps["clean"][far])
+    regions = json.loads((tmp_path / "out" / "planted_regions.json").read_text())
+    assert regions["case"] == "planted" and regions["threshold"] > 0
+    assert all(r["max_score"] >= regions["threshold"] for r in regions["regions"])
+    assert (tmp_path / "out" / "planted.png").stat().st_size > 1000
+
+
+def test_killed_training_resumes_to_the_same_result(tiny_run, tmp_path):
+    """SIGKILL mid-run, re-run the same command: it finishes, matching an uninterrupted run."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("descriptor", "condition", "density"))
+    cmd = [sys.executable, "-m", "screener_plans.cli", "train", str(run), "--stage", "descriptor", "--max-steps", "30"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # uninterrupted reference in a copy of the run
+    ref_run = tmp_path / "ref"
+    shutil.copytree(run, ref_run)
+    p = subprocess.run(cmd[:4] + [str(ref_run)] + cmd[5:], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = run / "descriptor" / "checkpoints" / "checkpoint_00000010.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(float(np.random.default_rng().uniform(0, 1.0)))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists()
+    assert not (run / "descriptor" / "models" / "model.pt").exists()
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "resumed from" in p.stderr + p.stdout
+    assert not list((run / "descriptor" / "checkpoints").glob(".*"))  # no temp files left behind
+    final = _log(run, "descriptor")[-1]
+    expected = _log(ref_run, "descriptor")[-1]
+    assert final["step"] == expected["step"] == 30
+    assert final["loss"] == pytest.approx(expected["loss"], rel=0.03)
+    a = torch.load(run / "descriptor" / "models" / "model.pt")
+    b = torch.load(ref_run / "descriptor" / "models" / "model.pt")
+    diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert diff < 1e-2
