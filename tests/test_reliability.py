@@ -1,0 +1,121 @@
+"""Numerical failure, compatibility and reproducibility."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from screener_plans.engines.steps import NonFiniteGuard, optimizer_step
+from screener_plans.errors import ScreenerError
+
+
+def _model_and_optim():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=100)
+    return model, opt, sched
+
+
+def test_non_finite_loss_skips_step_and_lowers_lr(caplog):
+    model, opt, sched = _model_and_optim()
+    guard = NonFiniteGuard(patience=3, factor=0.5)
+    before = [p.detach().clone() for p in model.parameters()]
+    lr0 = opt.param_groups[0]["lr"]
+    loss = model(torch.ones(2, 4)).sum() * float("nan")
+    with caplog.at_level("WARNING"):
+        assert optimizer_step(loss, opt, model.parameters(), 1.0, guard=guard, step=5) is False
+    assert "non-finite loss" in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert opt.param_groups[0]["lr"] == pytest.approx(lr0 * 0.5)
+    sched.step()  # the one-cycle schedule keeps the lowered scale
+    assert opt.param_groups[0]["max_lr"] == pytest.approx(0.5e-2)
+    good = model(torch.ones(2, 4)).sum()
+    assert optimizer_step(good, opt, model.parameters(), 1.0, guard=guard, step=6) is True
+    assert guard.consecutive == 0 and guard.total == 1
+
+
+def test_unrecoverable_divergence_stops_with_a_clear_message():
+    model, opt, _ = _model_and_optim()
+    guard = NonFiniteGuard(patience=3)
+    inf = model(torch.ones(1, 4)).sum() * float("inf")
+    optimizer_step(inf, opt, model.parameters(), 1.0, guard=guard, step=1)
+    optimizer_step(inf, opt, model.parameters(), 1.0, guard=guard, step=2)
+    with pytest.raises(ScreenerError, match="training diverged.*last good checkpoint is kept"):
+        optimizer_step(inf, opt, model.parameters(), 1.0, guard=guard, step=3)
+
+
+def test_guard_state_round_trips():
+    g = NonFiniteGuard()
+    g.total, g.lr_scale = 4, 0.25
+    h = NonFiniteGuard()
+    h.load_state_dict(g.state_dict())
+    assert (h.total, h.lr_scale) == (4, 0.25)
+
+
+def test_plans_from_another_schema_version_are_refused(tmp_path):
+    from screener_plans.planning.plans import load_plans
+
+    (tmp_path / "plans.json").write_text(json.dumps({"schema_version": 7}))
+    with pytest.raises(ScreenerError, match=r"schema version 7 is not supported.*reads version\(s\) 1"):
+        load_plans(tmp_path / "plans.json")
+    (tmp_path / "plans.json").write_text("{not json")
+    with pytest.raises(ScreenerError, match="not valid JSON"):
+        load_plans(tmp_path / "plans.json")
+
+
+def test_incompatible_model_is_refused(tmp_path, ct_folder):
+    from screener_plans.engines.models import load_stage_network
+    from screener_plans.planning.planner import plan
+
+    plans = plan(ct_folder, tmp_path / "run", device="cpu", workers=1, progress=False)
+    path = tmp_path / "run" / "descriptor" / "models" / "model.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"weight": torch.zeros(3)}, path)
+    with pytest.raises(ScreenerError, match="does not match plans.json"):
+        load_stage_network(tmp_path / "run", plans, "descriptor")
+    path.write_bytes(b"garbage")
+    with pytest.raises(ScreenerError, match="corrupt or not a Screener model"):
+        load_stage_network(tmp_path / "run", plans, "descriptor")
+    path.unlink()
+    with pytest.raises(ScreenerError, match="train it first"):
+        load_stage_network(tmp_path / "run", plans, "descriptor")
+
+
+def test_same_seed_same_plans_and_first_losses(ct_folder, tmp_path):
+    from screener_plans.data.dataset import PairDataset
+    from screener_plans.data.preprocess import preprocess
+    from screener_plans.engines.ssl import SSLModel, build_ssl_head, build_ssl_loss, build_stage_network
+    from screener_plans.planning.planner import plan
+
+    small = ["crop_size=[16, 16, 16]", "pairs_per_crop=64"]
+    a = plan(ct_folder, tmp_path / "a", device="cpu", memory_gb=4, overrides=small, workers=1, progress=False)
+    b = plan(ct_folder, tmp_path / "b", device="cpu", memory_gb=4, overrides=small, workers=2, progress=False)
+    assert a == b
+    preprocess(tmp_path / "a", plans=a, workers=1, progress=False)
+
+    def first_losses():
+        from monai.utils import set_determinism
+
+        set_determinism(seed=a["seed"])
+        model = SSLModel(build_stage_network(a, "descriptor"), build_ssl_head(a, "descriptor"))
+        opt = torch.optim.AdamW(model.parameters(), lr=a["optim"]["lr"])
+        loss_fn = build_ssl_loss(a)
+        data = PairDataset(tmp_path / "a", a, length=6, stage="descriptor")
+        out = []
+        for step in range(3):
+            items = [data[step * 2 + j] for j in range(2)]
+            z1, z2 = model(torch.stack([i["crops"] for i in items]), torch.stack([i["positions"] for i in items]))
+            loss = loss_fn(z1, z2)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            out.append(float(loss))
+        set_determinism(seed=None)
+        return out
+
+    first, second = first_losses(), first_losses()
+    np.testing.assert_allclose(first, second, rtol=1e-5)
