@@ -70,3 +70,8 @@ def run_plans_file(run_dir) -> str:
     """``RUN/plans.json`` of ``--run_dir``."""
     required(run_dir, "run_dir")
     return str(Path(run_dir) / "plans.json")
+
+
+def schedule_steps(steps: int) -> int:
+    """Length of the one-cycle schedule: the run's steps, but at least 3 (OneCycleLR's minimum)."""
+    return max(3, int(steps))

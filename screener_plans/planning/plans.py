@@ -117,10 +117,24 @@ def set_key(plans: dict, key: str, value) -> None:
     node[parts[-1]] = value
 
 
+# Keys added within schema version 1: plans written before them get these values.
+DEFAULTS = {
+    "augment.brightness_hu": 15.0,
+    "augment.noise_hu": 15.0,
+    "augment.contrast": 0.05,
+    "augment.blur_sigma": 0.7,
+}
+
+
 def validate_plans(plans: dict, source: str = "plans") -> dict:
     """Check the schema version and every key; raise ``ScreenerError`` naming the first bad key."""
     if not isinstance(plans, dict):
         raise ScreenerError(f"{source}: expected a JSON object")
+    for key, value in DEFAULTS.items():
+        try:
+            get_key(plans, key)
+        except KeyError:
+            set_key(plans, key, value)
     version = plans.get("schema_version")
     if version not in SUPPORTED_PLANS_VERSIONS:
         raise ScreenerError(f"{source}: plans schema version {version!r} is not supported; this Screener "

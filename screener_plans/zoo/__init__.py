@@ -1,1 +1,19 @@
-"""zoo."""
+"""Model zoo: publish trained runs as MONAI bundle zips, list and fetch them, export TorchScript/ONNX."""
+
+from .export import PatchScorer, export_onnx, export_torchscript, load_torchscript_scorer
+from .fetch import fetch
+from .layout import is_bundle, load_run_scorer
+from .publish import format_models, list_models, publish
+
+__all__ = [
+    "PatchScorer",
+    "export_onnx",
+    "export_torchscript",
+    "fetch",
+    "format_models",
+    "is_bundle",
+    "list_models",
+    "load_run_scorer",
+    "load_torchscript_scorer",
+    "publish",
+]

@@ -1,0 +1,96 @@
+"""The model card (``docs/README.md``) of a published model bundle."""
+
+from __future__ import annotations
+
+
+def _fmt(v) -> str:
+    return ", ".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)
+
+
+def model_card(meta: dict, plans: dict, calibration: dict | None) -> str:
+    """Markdown: what the model is, inputs/outputs, how to run it, training, data, limitations."""
+    name, version = meta["name"], meta["version"]
+    cfg = meta["screener"]["scorer"]
+    ds = plans.get("dataset", {})
+    steps = plans.get("steps", {})
+    changelog = "\n".join(f"- {v}: {text}" for v, text in meta.get("changelog", {}).items())
+    threshold = (f"{calibration['threshold']:.4g} (quantile {calibration.get('quantile')} of training body-voxel "
+                 "scores)" if calibration and "threshold" in calibration else
+                 "not calibrated: each scan's 99.9th body-voxel percentile is used")
+    coords_note = (" Channels 1-3: each voxel's x, y, z position in the preprocessed scan (mm), which the sin-cos "
+                   "condition encodes." if meta["screener"]["input_channels"] == 4 else "")
+    stride = 2 ** (len(plans["network"]["channels"]) - 1)
+    condition = {"masked": f"masking-invariant dense UNet ({cfg['cond_dim']} channels)",
+                 "sincos": f"sin-cos encoding of each voxel's absolute position ({cfg['cond_dim']} channels)",
+                 "none": "none (marginal density)"}.get(cfg["condition"], cfg["condition"])
+    return f"""# {name} v{version}
+
+A trained Screener model for unsupervised pathology screening in 3D CT,
+packaged as a MONAI bundle. It scores how improbable each voxel's local image pattern is given
+its context; no labels were used in training. **Research use only; not for clinical use.**
+
+## Model
+
+- descriptor: dense 3D UNet ({plans['preset']} preset, {plans['network']['d_desc']} channels), trained with
+  {plans['loss']['kind']} on positive voxel pairs from overlapping crops
+- condition: {condition}
+- density: {cfg['density']}; its per-voxel negative log-likelihood (NLL) is the anomaly score
+- weights: `models/model.pt` (the three stages as one state dict), configuration in
+  `models/density_config.json` and `plans.json`
+
+## Inputs and outputs
+
+- whole-scan inference (`configs/inference.yaml`, `screener predict`): CT scans in Hounsfield units
+  (NIfTI, NRRD, MHA/MHD or DICOM series), any spacing and orientation. Per case it writes
+  `<case>.nii.gz` (anomaly map on the input grid), `<case>_regions.json` (suspicious regions above
+  the threshold) and `<case>.png` (overlay).
+- the network (`models/model.pt`, exports `models/model.ts` / `model.onnx`): a preprocessed patch
+  (B, {meta['screener']['input_channels']}, X, Y, Z) -> its NLL map (B, 1, X, Y, Z); X, Y, Z multiples of {stride}.
+  Channel 0: CT clipped to [{_fmt(plans['intensity']['window'])}] HU and scaled to [0, 1], at spacing
+  {_fmt(plans['spacing'])} mm.{coords_note}
+- region threshold: {threshold}
+
+## Run
+
+```bash
+screener predict {name} INPUT OUTPUT_DIR [--device cpu] [--torchscript]
+python -m monai.bundle run --config_file {name}/configs/inference.yaml --input INPUT --output_dir OUTPUT_DIR
+```
+
+Export and checks with MONAI's tools (run from the folder that holds `{name}/`):
+
+```bash
+screener zoo export {name}              # models/model.ts via monai.bundle ckpt_export
+screener zoo export {name} --onnx       # models/model.onnx (needs onnx)
+python -m monai.bundle verify_metadata --meta_file {name}/configs/metadata.json \\
+    --filepath {name}/configs/meta_schema.json
+python -m monai.bundle verify_net_in_out network_def --meta_file {name}/configs/metadata.json \\
+    --config_file {name}/configs/export.yaml --bundle_root {name}
+```
+
+## Training
+
+Crop {_fmt(plans['crop_size'])} voxels, batch {plans['batch_size']}, {plans['pairs_per_crop']} pairs per crop,
+steps: descriptor {steps.get('descriptor')}, condition {steps.get('condition')}, density {steps.get('density')};
+AdamW lr {plans['optim']['lr']}, one-cycle schedule. Everything is in `plans.json`.
+
+## Data
+
+{ds.get('n_cases', 'unknown')} unlabeled CT scans (median shape {_fmt(ds.get('median_shape', '?'))}, median spacing
+{_fmt(ds.get('median_spacing', '?'))} mm). Case names and folders were removed from the published plans.
+
+## Limitations
+
+Scores are relative to the training scans: anatomy, scanners, contrast phases or fields of view
+that the training data lacked score as anomalous. The threshold flags a fixed share of normal
+tissue; it is not a diagnostic operating point. Quality depends on the training budget
+(see steps above).
+
+## Changelog
+
+{changelog}
+
+## License
+
+Apache-2.0 (see `LICENSE`). Copyright (c) Screener contributors.
+"""

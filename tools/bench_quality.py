@@ -1,0 +1,495 @@
+"""Quality benchmark on the synthetic data set: Screener's ablation grid against two baselines.
+
+One command makes a synthetic data set (its own seed, different from the demo's), plans and
+preprocesses the training scans, trains the descriptor and condition once, then a density
+model for each cell of the paper's ablation grid (condition none / sin-cos / masked x density
+Gaussian / flow), fits the intensity-only density baseline (-log p(HU)) and trains the 3D
+convolutional autoencoder baseline (reconstruction error). Every model is calibrated and
+predicts the held-out test scans through the product's own ``Predictor`` (anomaly maps on the
+input grid), and is evaluated inside the body (AUROC, AUROC up to FPR 0.3, AUPRO up to FPR 0.3).
+Prints a table like the paper's Tables 2-3 and writes ``OUT/quality.json`` and ``OUT/quality.md``.
+
+    python tools/bench_quality.py --out /tmp/screener_quality
+
+Layout under OUT: ``data/`` (synthetic set), ``run/`` (plans, cache, descriptor, condition),
+``runs/<variant>/`` (one run per table row: a copy of plans.json, links to the shared cache and
+stages, its own density model or baseline and calibration), ``predictions/<variant>/``,
+``body_masks/``, ``metrics/<variant>.json``, ``timings.json``. Re-running resumes: finished stages
+are skipped, and anything older than what it was made from (a retrained descriptor, say) is
+redone. Test scans are never trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+BASELINES = ("intensity", "autoencoder")
+CONDITIONS = ("none", "sincos", "masked")
+DENSITIES = ("gaussian", "flow")
+SCREENER = tuple(f"{c}_{d}" for d in DENSITIES for c in CONDITIONS)
+VARIANTS = BASELINES + SCREENER  # table row order
+LABELS = {"intensity": "Intensity baseline, -log p(HU)", "autoencoder": "Autoencoder baseline, L1 reconstruction error"}
+COND_NAMES = {"none": "none", "sincos": "sin-cos pos.", "masked": "masking-equiv."}
+DENS_NAMES = {"gaussian": "Gaussian", "flow": "norm. flow"}
+METRICS = (("auroc", "AUROC"), ("auroc_fpr03", "AUROC@FPR0.3"), ("aupro_fpr03", "AUPRO@FPR0.3"))
+TARGET = {"auroc": 0.95, "aupro_fpr03": 0.70, "train_minutes": 30.0}
+
+# Defaults sized from the step times the demo measured with the tiny preset on 2 CPU cores
+# (48^3 crops: descriptor ~5.6 s/step, condition ~7.2, masked/flow density ~4.8): about
+# 12 + 9 + 6.5 = 28 minutes of training for the default configuration, inside 30.
+DEFAULT_STEPS = {"descriptor": 130, "condition": 75, "density": 80, "autoencoder": 2000}
+
+
+def log(msg: str) -> None:
+    print(f"[bench_quality {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- bookkeeping
+
+class Timings:
+    """Wall time of every stage, kept in ``OUT/timings.json`` so a resumed run reports all of it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.exists() else {}
+
+    def get(self, key: str) -> dict | None:
+        return self.data.get(key)
+
+    def run(self, key: str, fn, **info):
+        """Run ``fn()`` and add its wall time to ``key``; an interrupted (Ctrl-C) stage's time counts
+        too, since training resumes from its checkpoint, but a failed one's does not."""
+        entry = self.data.setdefault(key, {"seconds": 0.0})
+        entry.update(info, complete=False)
+        t0 = time.monotonic()
+        try:
+            out = fn()
+        except KeyboardInterrupt:
+            self._add(key, entry, t0)
+            raise
+        entry["complete"] = True
+        self._add(key, entry, t0)
+        return out
+
+    def _add(self, key: str, entry: dict, t0: float) -> None:
+        entry["seconds"] = round(entry["seconds"] + time.monotonic() - t0, 2)
+        self.save()
+        log(f"{key}: {entry['seconds'] / 60:.2f} min in total")
+
+    def reset(self, key: str) -> None:
+        self.data.pop(key, None)
+        self.save()
+
+    def save(self) -> None:
+        from screener_plans.io_utils import write_json
+
+        write_json(self.path, self.data)
+
+
+def mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime  # follows the links to the shared stages
+    except OSError:
+        return 0.0
+
+
+def newest(paths) -> float:
+    return max((mtime(p) for p in paths), default=0.0)
+
+
+def remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def link_run(variant_dir: Path, base: Path, links) -> Path:
+    """A run folder of its own for one table row: plans.json copied, shared stages linked."""
+    variant_dir.mkdir(parents=True, exist_ok=True)
+    plans = variant_dir / "plans.json"
+    if not plans.exists() or mtime(plans) < mtime(base / "plans.json"):
+        tmp = variant_dir / ".plans.json.tmp"
+        shutil.copyfile(base / "plans.json", tmp)
+        os.replace(tmp, plans)
+    for name in links:
+        link = variant_dir / name
+        if not link.is_symlink():
+            remove(link)
+            link.symlink_to(os.path.relpath(base.resolve() / name, variant_dir.resolve()))
+    return variant_dir
+
+
+# ----------------------------------------------------------------------------- stages
+
+def make_data(args) -> Path:
+    from screener_plans.data.synthetic import make_synthetic_dataset
+    from screener_plans.errors import ScreenerError
+
+    data = args.out / "data"
+    meta_path = data / "dataset.json"
+    if not meta_path.exists():
+        log(f"making the synthetic data set: {args.cases} cases, seed {args.seed}")
+        make_synthetic_dataset(data, cases=args.cases, seed=args.seed, test_fraction=0.25)
+    meta = json.loads(meta_path.read_text())
+    if meta.get("seed") != args.seed or meta["num_train"] + meta["num_test"] != args.cases:
+        raise ScreenerError(f"{meta_path}: made with seed {meta.get('seed')} and "
+                            f"{meta['num_train'] + meta['num_test']} cases, not --seed {args.seed} --cases "
+                            f"{args.cases}; use another --out")
+    return data
+
+
+def prepare_base(args, data: Path, timings: Timings) -> tuple[Path, dict]:
+    from screener_plans.data.preprocess import preprocess
+    from screener_plans.planning.planner import plan
+    from screener_plans.planning.plans import load_plans
+
+    base = args.out / "run"
+    if (base / "plans.json").exists():
+        plans = load_plans(base / "plans.json")
+    else:
+        plans = timings.run("plan", lambda: plan(data / "train", base, device=args.device))
+    t0 = time.monotonic()
+    summary = preprocess(base, plans=plans)
+    log(f"preprocess: {summary['done']} case(s) done, {summary['cached']} cached, {time.monotonic() - t0:.0f} s")
+    for e in summary["errors"]:
+        log(f"skipped {e['path']}: {e['problem']}")
+    return base, plans
+
+
+def train_shared(stage: str, base: Path, steps: int, args, timings: Timings) -> Path:
+    """Train the descriptor or condition of the base run once (an interrupted stage resumes)."""
+    from screener_plans.bundle_runner import train_stage
+
+    model = base / stage / "models" / "model.pt"
+    if model.exists():
+        done = timings.get(stage) or {}
+        if done.get("steps") not in (None, steps):
+            log(f"{stage} was trained with {done['steps']} steps, not {steps}; delete {base / stage} to retrain")
+        return model
+    log(f"training {stage}: {steps} steps")
+    timings.run(stage, lambda: train_stage(base, stage, max_steps=steps, device=args.device), steps=steps)
+    return model
+
+
+def upstream(variant: str, base: Path) -> list[Path]:
+    """The shared model files a variant's own model was made from."""
+    if variant in BASELINES:
+        return []
+    files = [base / "descriptor" / "models" / "model.pt"]
+    if variant.startswith("masked_"):
+        files.append(base / "condition" / "models" / "model.pt")
+    return files
+
+
+def variant_model(variant: str, vrun: Path) -> Path:
+    from screener_plans.baselines import autoencoder_path, intensity_path
+
+    if variant == "intensity":
+        return intensity_path(vrun)
+    if variant == "autoencoder":
+        return autoencoder_path(vrun)
+    return vrun / "density" / "models" / "model.pt"
+
+
+def train_variant(variant: str, vrun: Path, plans: dict, args, timings: Timings) -> None:
+    """Fit/train the variant's own model unless a current one exists."""
+    from screener_plans.baselines import IntensityBaseline, intensity_path, train_autoencoder
+    from screener_plans.bundle_runner import train_stage
+
+    model = variant_model(variant, vrun)
+    key = variant if variant in BASELINES else f"density/{variant}"
+    if model.exists() and mtime(model) >= newest(upstream(variant, args.out / "run")):
+        steps = args.ae_steps if variant == "autoencoder" else None if variant == "intensity" else args.density_steps
+        done = timings.get(key) or {}
+        if steps is not None and done.get("steps") not in (None, steps):
+            log(f"{variant} was trained with {done['steps']} steps, not {steps}; delete {model} to retrain")
+        return
+    if model.exists() or variant in BASELINES:
+        # a stale model is redone from scratch, and so is an interrupted baseline (no checkpoints);
+        # an interrupted density stage resumes from its checkpoint and keeps its time so far
+        timings.reset(key)
+        remove(model if variant in BASELINES else vrun / "density")
+    if variant == "intensity":
+        log("fitting the intensity baseline")
+        timings.run(key, lambda: IntensityBaseline.fit(vrun, plans).save(intensity_path(vrun)))
+    elif variant == "autoencoder":
+        log(f"training the autoencoder baseline: {args.ae_steps} steps")
+        timings.run(key, lambda: train_autoencoder(vrun, plans, args.ae_steps, device=args.device, seed=plans["seed"]),
+                    steps=args.ae_steps)
+    else:
+        condition, density = variant.split("_")
+        log(f"training the density model of {variant}: {args.density_steps} steps")
+        timings.run(key, lambda: train_stage(vrun, "density", max_steps=args.density_steps, device=args.device,
+                                             condition=condition, density=density), steps=args.density_steps)
+
+
+def load_variant_scorer(variant: str, vrun: Path, plans: dict):
+    from screener_plans.baselines import IntensityBaseline, autoencoder_scorer, load_autoencoder
+    from screener_plans.engines.models import load_scorer
+
+    if variant == "intensity":
+        return IntensityBaseline.load(variant_model(variant, vrun)).scorer()
+    if variant == "autoencoder":
+        return autoencoder_scorer(load_autoencoder(variant_model(variant, vrun)))
+    return load_scorer(vrun, plans)
+
+
+def predict_variant(variant: str, vrun: Path, plans: dict, data: Path, args, timings: Timings) -> Path:
+    """Calibrate, then write anomaly maps of the test scans exactly as ``screener predict`` does."""
+    from screener_plans.engines.device import resolve_device
+    from screener_plans.errors import ScreenerError
+    from screener_plans.inference.predict import Predictor, calibrate, calibration_path, load_threshold
+
+    made = mtime(variant_model(variant, vrun))
+    preds = args.out / "predictions" / variant
+    if mtime(calibration_path(vrun)) < made:
+        remove(calibration_path(vrun))
+    if preds.exists() and min((mtime(p) for p in preds.glob("*.nii.gz")), default=made) < made:
+        remove(preds)
+    scorer = load_variant_scorer(variant, vrun, plans)
+    if not calibration_path(vrun).exists():
+        log(f"calibrating {variant} on {args.calibrate_cases} training scan(s)")
+        calibrate(vrun, plans, scorer=scorer, device=args.device, max_cases=args.calibrate_cases)
+    predictor = Predictor(vrun, plans, scorer, resolve_device(args.device), load_threshold(vrun), skip_bad=False)
+    summary = timings.run(f"predict/{variant}", lambda: predictor.run(data / "test" / "images", preds))
+    if summary["errors"]:
+        raise ScreenerError(f"{variant}: {len(summary['errors'])} test scan(s) failed, first: {summary['errors'][0]}")
+    return preds
+
+
+def evaluate_variant(variant: str, preds: Path, data: Path, masks: Path, out: Path) -> dict:
+    from screener_plans.io_utils import write_json
+    from screener_plans.metrics import evaluate
+
+    path = out / "metrics" / f"{variant}.json"
+    if path.exists() and mtime(path) >= newest(preds.glob("*.nii.gz")):
+        return json.loads(path.read_text())
+    log(f"evaluating {variant}")
+    result = evaluate(preds, data / "test" / "labels", mask_dir=masks)
+    write_json(path, result)
+    return result
+
+
+# ----------------------------------------------------------------------------- report
+
+def train_minutes(variant: str, timings: Timings) -> float | None:
+    """Training wall time of everything the variant needs (shared stages included)."""
+    if variant in BASELINES:
+        keys = [variant]
+    else:
+        keys = ["descriptor"] + (["condition"] if variant.startswith("masked_") else []) + [f"density/{variant}"]
+    entries = [timings.get(k) for k in keys]
+    if any(e is None or not e.get("complete") for e in entries):
+        return None
+    return sum(e["seconds"] for e in entries) / 60
+
+
+def kinds_by_case(data: Path) -> dict[str, set]:
+    meta = json.loads((data / "dataset.json").read_text())
+    return {t["case"]: {lesion["kind"] for lesion in t.get("lesions", [])} for t in meta["test"]}
+
+
+def per_kind_auroc(result: dict, kinds: dict[str, set]) -> dict:
+    """Mean per-case AUROC over the test cases holding at least one lesion of each kind."""
+    out = {}
+    for kind in sorted(set().union(*kinds.values())):
+        values = [c["auroc"] for name, c in result["cases"].items()
+                  if kind in kinds.get(name, ()) and c.get("auroc") is not None]
+        out[kind] = {"mean_case_auroc": sum(values) / len(values) if values else None, "n_cases": len(values)}
+    return out
+
+
+def stored_results(out: Path, results: dict) -> dict:
+    """This run's results plus those an earlier run (e.g. another --only) left in OUT/metrics, in table order."""
+    found = {}
+    for v in VARIANTS:
+        path = out / "metrics" / f"{v}.json"
+        if v in results:
+            found[v] = results[v]
+        elif path.exists():
+            found[v] = json.loads(path.read_text())
+    return found
+
+
+def fmt(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def row_names(variant: str, default: str) -> tuple[str, str, str]:
+    if variant in BASELINES:
+        return LABELS[variant], "-", "-"
+    condition, density = variant.split("_")
+    name = "**Screener (default)**" if variant == default else "Screener"
+    return name, COND_NAMES[condition], DENS_NAMES[density]
+
+
+def tables(rows: list[dict], default: str) -> str:
+    lines = ["| model | condition | density | AUROC | AUROC@FPR0.3 | AUPRO@FPR0.3 | training min |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        name, cond, dens = row_names(r["variant"], default)
+        lines.append(f"| {name} | {cond} | {dens} | " + " | ".join(fmt(r["metrics"].get(k)) for k, _ in METRICS)
+                     + f" | {fmt(r['train_minutes'], 1)} |")
+    kinds = sorted({k for r in rows for k in r["per_kind"]})
+    if kinds:
+        counts = {k: max(r["per_kind"][k]["n_cases"] for r in rows if k in r["per_kind"]) for k in kinds}
+        lines += ["", "Mean per-case AUROC over the test cases that hold each lesion kind (cases):", "",
+                  "| model | condition | density | " + " | ".join(f"{k} ({counts[k]})" for k in kinds) + " |",
+                  "|---|---|---|" + "---|" * len(kinds)]
+        for r in rows:
+            name, cond, dens = row_names(r["variant"], default)
+            lines.append(f"| {name} | {cond} | {dens} | "
+                         + " | ".join(fmt(r["per_kind"].get(k, {}).get("mean_case_auroc")) for k in kinds) + " |")
+    return "\n".join(lines)
+
+
+def target_check(rows: list[dict], default: str) -> dict:
+    by = {r["variant"]: r for r in rows}
+    if default not in by:
+        return {"evaluated": False}
+    m, minutes = by[default]["metrics"], by[default]["train_minutes"]
+    checks = {"auroc": m["auroc"] is not None and m["auroc"] >= TARGET["auroc"],
+              "aupro_fpr03": m["aupro_fpr03"] is not None and m["aupro_fpr03"] >= TARGET["aupro_fpr03"],
+              "train_minutes": minutes is not None and minutes <= TARGET["train_minutes"]}
+    for b in BASELINES:
+        if b in by:
+            checks[f"beats_{b}"] = all(m[k] is not None and by[b]["metrics"][k] is not None
+                                       and m[k] > by[b]["metrics"][k] for k, _ in METRICS)
+    return {"evaluated": True, "variant": default, "target": TARGET, "checks": checks, "met": all(checks.values())}
+
+
+def target_lines(check: dict) -> list[str]:
+    if not check.get("evaluated"):
+        return ["target: the default configuration was not part of this run (--only)"]
+    t, c = check["target"], check["checks"]
+    lines = [f"target for the default configuration ({check['variant']}): {'MET' if check['met'] else 'NOT MET'}",
+             f"  AUROC >= {t['auroc']}: {'yes' if c['auroc'] else 'no'}",
+             f"  AUPRO@FPR0.3 >= {t['aupro_fpr03']}: {'yes' if c['aupro_fpr03'] else 'no'}",
+             f"  training <= {t['train_minutes']:g} min: {'yes' if c['train_minutes'] else 'no'}"]
+    lines += [f"  beats the {b} baseline on all three metrics: {'yes' if c[f'beats_{b}'] else 'no'}"
+              for b in BASELINES if f"beats_{b}" in c]
+    return lines
+
+
+def stage_line(timings: Timings) -> str:
+    parts = [f"{k} {v['seconds'] / 60:.1f}" + ("" if v.get("complete") else " (unfinished)")
+             for k, v in timings.data.items()]
+    return "wall minutes per stage: " + ", ".join(parts)
+
+
+def write_report(args, plans: dict, data: Path, rows: list[dict], timings: Timings, command: str) -> str:
+    from screener_plans.io_utils import write_json, write_text
+
+    default = f"{plans['density']['condition']}_{plans['density']['kind']}"
+    meta = json.loads((data / "dataset.json").read_text())
+    check = target_check(rows, default)
+    table = tables(rows, default)
+    report = {
+        "command": command,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "dataset": {"seed": meta["seed"], "num_train": meta["num_train"], "num_test": meta["num_test"]},
+        "plans": {"preset": plans["preset"], "device": plans["device"], "crop_size": plans["crop_size"],
+                  "spacing": plans["spacing"], "window": plans["intensity"]["window"],
+                  "default": default, "overlap": plans["inference"]["overlap"]},
+        "rows": rows, "target": check, "timings": timings.data, "table_markdown": table,
+    }
+    write_json(args.out / "quality.json", report)
+    text = "\n".join([f"Quality on {meta['num_test']} held-out synthetic test scans (trained on {meta['num_train']} "
+                      f"scans; data seed {meta['seed']}; {plans['preset']} preset, crop "
+                      f"{'x'.join(map(str, plans['crop_size']))}), voxels inside the body:", "",
+                      f"    {command}", "", table, ""] + target_lines(check) + ["", stage_line(timings)])
+    write_text(args.out / "quality.md", text + "\n")
+    return text
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("/tmp/screener_quality"))
+    ap.add_argument("--cases", type=int, default=48, help="synthetic cases; a quarter are held-out test scans")
+    ap.add_argument("--seed", type=int, default=2024, help="data set seed (the demo uses 0)")
+    ap.add_argument("--descriptor-steps", type=int, default=DEFAULT_STEPS["descriptor"])
+    ap.add_argument("--condition-steps", type=int, default=DEFAULT_STEPS["condition"])
+    ap.add_argument("--density-steps", type=int, default=DEFAULT_STEPS["density"], help="for every grid cell")
+    ap.add_argument("--ae-steps", type=int, default=DEFAULT_STEPS["autoencoder"])
+    ap.add_argument("--calibrate-cases", type=int, default=2,
+                    help="training scans for the region threshold (it does not change the metrics)")
+    ap.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(VARIANTS)}")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    if args.only:
+        chosen = [v.strip() for v in args.only.split(",") if v.strip()]
+        bad = [v for v in chosen if v not in VARIANTS]
+        if bad:
+            ap.error(f"--only: unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
+        args.only = [v for v in VARIANTS if v in chosen]
+    else:
+        args.only = list(VARIANTS)
+    for key, least in (("descriptor_steps", 3), ("condition_steps", 3), ("density_steps", 3), ("ae_steps", 1),
+                       ("cases", 4), ("calibrate_cases", 1)):
+        if getattr(args, key) < least:  # the bundles' one-cycle schedule needs three steps
+            ap.error(f"--{key.replace('_', '-')} must be an integer >= {least}")
+    return args
+
+
+def execution_order(variants: list[str], default: str) -> list[str]:
+    """Cheap and headline results first: intensity, the default configuration, the grid, the autoencoder."""
+    first = [v for v in ("intensity", default) if v in variants]
+    last = [v for v in ("autoencoder",) if v in variants and v not in first]
+    return first + [v for v in variants if v not in first and v not in last] + last
+
+
+def main(argv=None) -> int:
+    import logging
+
+    from screener_plans.demo import write_body_masks
+    from screener_plans.errors import ScreenerError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    args = parse_args(argv)
+    command = "python tools/bench_quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        timings = Timings(args.out / "timings.json")
+        data = make_data(args)
+        base, plans = prepare_base(args, data, timings)
+        masks = write_body_masks(data / "test" / "images", args.out / "body_masks")
+        default = f"{plans['density']['condition']}_{plans['density']['kind']}"
+        kinds = kinds_by_case(data)
+        results = {}
+        for variant in execution_order(args.only, default):
+            vrun = args.out / "runs" / variant
+            if variant in BASELINES:
+                link_run(vrun, base, ["preprocessed"])
+            else:
+                train_shared("descriptor", base, args.descriptor_steps, args, timings)
+                links = ["preprocessed", "descriptor"]
+                if variant.startswith("masked_"):
+                    train_shared("condition", base, args.condition_steps, args, timings)
+                    links.append("condition")
+                link_run(vrun, base, links)
+            train_variant(variant, vrun, plans, args, timings)
+            preds = predict_variant(variant, vrun, plans, data, args, timings)
+            results[variant] = evaluate_variant(variant, preds, data, masks, args.out)
+            rows = [{"variant": v, "metrics": r["metrics"], "train_minutes": train_minutes(v, timings),
+                     "per_kind": per_kind_auroc(r, kinds), "n_cases": r["n_cases"]}
+                    for v, r in stored_results(args.out, results).items()]
+            text = write_report(args, plans, data, rows, timings, command)
+            log(f"{variant}: " + ", ".join(f"{label} {fmt(results[variant]['metrics'][k])}" for k, label in METRICS))
+    except ScreenerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
