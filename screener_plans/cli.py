@@ -102,7 +102,7 @@ class Screener:
                        density=density, skip_bad=skip_bad, overrides=set, workers=workers)
         _echo(f"trained run ready: {run_dir}  (next: screener predict {run_dir} INPUT OUTPUT_DIR)")
 
-    def demo(self, out_dir="screener_demo", budget_minutes: float = 11.0, cases: int | None = None,
+    def demo(self, out_dir="screener_demo", budget_minutes: float = 10.5, cases: int | None = None,
              device: str = "auto"):
         """Synthetic data -> plan-and-train -> predict -> evaluate; prints metrics and picture paths."""
         from screener_plans.demo import run_demo

@@ -47,7 +47,7 @@ def format_table(result: dict) -> str:
     return "\n".join(rows)
 
 
-def run_demo(out_dir="screener_demo", budget_minutes: float = 11.0, cases: int | None = None,
+def run_demo(out_dir="screener_demo", budget_minutes: float = 10.5, cases: int | None = None,
              device: str = "auto") -> str:
     """Run the demo end to end in ``out_dir``; returns the report printed to the console."""
     from screener_plans.data.synthetic import make_synthetic_dataset

@@ -18,6 +18,7 @@ logger = logging.getLogger("screener")
 STAGE_SHARE = {"descriptor": 0.42, "condition": 0.33, "density": 0.25}
 STAGE_OVERHEAD_S = 12.0  # bundle start-up, data workers, final save
 MAX_STEPS = 200_000
+CALIBRATION_CASES = 4
 
 
 def stages_for(condition: str) -> list[str]:
@@ -39,6 +40,7 @@ def budget_steps(run_dir: Path, plans: dict, stages: list[str], seconds_left: fl
     share = sum(STAGE_SHARE[s] for s in todo)
     out = {}
     for s in todo:
+        logger.info("measuring %s step time for the budget", s)
         t = measure_step_seconds(run_dir, plans, s, device)
         budget = max(0.0, seconds_left * STAGE_SHARE[s] / share - STAGE_OVERHEAD_S)
         out[s] = {"steps": int(min(MAX_STEPS, max(20, budget / t))), "step_seconds": round(t, 4)}
@@ -93,7 +95,7 @@ def plan_and_train(data_dir, run_dir, budget_minutes: float | None = None, devic
             continue
         train_stage(run_dir, stage, device=dev)
     if not calibration_path(run_dir).exists():
-        calibrate(run_dir, plans, device=device)
+        calibrate(run_dir, plans, device=device, max_cases=CALIBRATION_CASES)
     elapsed = time.monotonic() - t0
     logger.info("plan-and-train finished in %.1f min: %s", elapsed / 60, run_dir)
     return {"run_dir": str(run_dir), "minutes": elapsed / 60, "stages": stages}

@@ -219,3 +219,32 @@ def test_killed_training_resumes_to_the_same_result(tiny_run, tmp_path):
     b = torch.load(ref_run / "descriptor" / "models" / "model.pt")
     diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     assert diff < 1e-2
+
+
+def test_stage_bundle_inference_writes_dense_features(tiny_run, tmp_path):
+    """bundles/screener_descriptor/configs/inference.yaml: features of one scan, placed in world space."""
+    import nibabel as nib
+
+    from screener_plans.bundle_runner import run_bundle
+    from screener_plans.data.geometry import CaseGeometry
+    from screener_plans.data.preprocess import preprocess_image
+    from screener_plans.data.readers import find_cases, read_case
+    from screener_plans.inference.features import cache_affine
+    from screener_plans.planning.plans import load_plans
+
+    scan = sorted((tiny_run.parent / "data" / "test" / "images").glob("*.nii.gz"))[0]
+    out = tmp_path / "features.nii.gz"
+    run_bundle("screener_descriptor", "inference.yaml", plans_file=str(tiny_run / "plans.json"), image=str(scan),
+               output=str(out), device="cpu")
+    feats = nib.load(str(out))
+    plans = load_plans(tiny_run / "plans.json")
+    img = read_case(find_cases(scan)[0])
+    cache, _, meta = preprocess_image(img, plans)
+    assert feats.shape == tuple(cache.shape) + (plans["network"]["d_desc"],)
+    assert np.isfinite(np.asarray(feats.dataobj)).all()
+    # a voxel of the scan and its cache position are the same point in the world
+    p = np.array([20.0, 30.0, 10.0])
+    q = CaseGeometry(meta).to_cache(p)
+    np.testing.assert_allclose((cache_affine(meta) @ np.append(q, 1))[:3], (img.affine @ np.append(p, 1))[:3],
+                               atol=1e-6)
+    np.testing.assert_allclose(feats.affine, cache_affine(meta), atol=1e-5)

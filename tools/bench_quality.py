@@ -40,10 +40,10 @@ DENS_NAMES = {"gaussian": "Gaussian", "flow": "norm. flow"}
 METRICS = (("auroc", "AUROC"), ("auroc_fpr03", "AUROC@FPR0.3"), ("aupro_fpr03", "AUPRO@FPR0.3"))
 TARGET = {"auroc": 0.95, "aupro_fpr03": 0.70, "train_minutes": 30.0}
 
-# Defaults sized from the step times the demo measured with the tiny preset on 2 CPU cores
-# (48^3 crops: descriptor ~5.6 s/step, condition ~7.2, masked/flow density ~4.8): about
-# 12 + 9 + 6.5 = 28 minutes of training for the default configuration, inside 30.
-DEFAULT_STEPS = {"descriptor": 130, "condition": 75, "density": 80, "autoencoder": 2000}
+# Defaults sized from step times measured with the tiny preset on an otherwise idle 2-core CPU
+# (48^3 crops: descriptor ~0.9 s/step, condition ~1.0 s/step, masked/flow density ~1.5 s/step at
+# batch 4): about 13.5 + 8.5 + 7.5 = 29.5 minutes of training for the default configuration.
+DEFAULT_STEPS = {"descriptor": 900, "condition": 500, "density": 300, "autoencoder": 2000}
 
 
 def log(msg: str) -> None:

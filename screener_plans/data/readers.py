@@ -140,6 +140,10 @@ def find_cases(data_dir: str | Path, with_bad: bool = False):
             return (cases, []) if with_bad else cases
         raise ScreenerError(f"{data_dir}: not a folder and not a supported image file")
     cases, bad = [], []
+    direct = _dicom_files(str(data_dir))
+    if direct:  # the folder is itself one DICOM series
+        cases = [CaseSource(data_dir.name, str(data_dir), "dicom", "PydicomReader", tuple(direct))]
+        return (cases, []) if with_bad else cases
     for entry in sorted(os.scandir(data_dir), key=lambda e: e.name):
         if entry.name.startswith("."):
             continue

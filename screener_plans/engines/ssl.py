@@ -26,11 +26,15 @@ def stage_width(plans: dict, stage: str) -> int:
 def build_stage_network(plans: dict, stage: str) -> nn.Module:
     """The dense network of ``stage`` ('descriptor' or 'condition') sized by the plans."""
     from screener_plans.nets import build_network
+    from screener_plans.nets.windows import WindowedNet, WindowStem
 
     if stage not in STAGE_INPUTS:
         raise ValueError(f"stage must be one of {sorted(STAGE_INPUTS)}, got {stage!r}")
-    return build_network(network_preset(plans["network"]), in_channels=STAGE_INPUTS[stage],
-                         out_channels=stage_width(plans, stage))
+    windows = plans["network"].get("windows_hu") or []
+    stem = WindowStem(plans["intensity"]["window"], windows)
+    net = build_network(network_preset(plans["network"]), in_channels=STAGE_INPUTS[stage] + stem.extra_channels,
+                        out_channels=stage_width(plans, stage))
+    return WindowedNet(stem, net) if windows else net
 
 
 def build_ssl_head(plans: dict, stage: str) -> nn.Module:

@@ -63,13 +63,14 @@ def _density_step_fn(run_dir, plans, device):
     return step
 
 
-def measure_step_seconds(run_dir, plans: dict, stage: str, device=None, steps: int = 3) -> float:
-    """Median seconds of one training step (data included) after one warm-up step."""
+def measure_step_seconds(run_dir, plans: dict, stage: str, device=None, steps: int = 5) -> float:
+    """Median seconds of one training step (data included) after two warm-up steps."""
     device = resolve_device(device)
     step = _density_step_fn(run_dir, plans, device) if stage == "density" else _ssl_step_fn(run_dir, plans, stage, device)
-    step(0)
+    step(steps + 1)  # warm-ups on samples the timed steps do not reuse
+    step(steps + 2)
     times = []
-    for i in range(1, steps + 1):
+    for i in range(steps):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()

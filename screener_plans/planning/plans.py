@@ -73,6 +73,9 @@ SCHEMA = {
     "network.d_desc": (_pos_int, "a positive integer"),
     "network.d_cond": (lambda v: _pos_int(v) and v % 6 == 0, "a positive integer divisible by 6"),
     "network.expander_width": (_pos_int, "a positive integer"),
+    "network.windows_hu": (lambda v: isinstance(v, list) and all(
+        isinstance(w, list) and len(w) == 2 and all(_num(x) for x in w) and w[0] < w[1] for w in v),
+        "a list of [low, high] HU windows"),
     "loss.kind": (lambda v: v in ("vicreg", "simclr"), "'vicreg' or 'simclr'"),
     "loss.inv_weight": (lambda v: _num(v) and v >= 0, "a non-negative number"),
     "loss.var_weight": (lambda v: _num(v) and v >= 0, "a non-negative number"),
@@ -123,6 +126,7 @@ DEFAULTS = {
     "augment.noise_hu": 15.0,
     "augment.contrast": 0.05,
     "augment.blur_sigma": 0.7,
+    "network.windows_hu": [],
 }
 
 
