@@ -1,16 +1,19 @@
-"""Worker pools for per-case jobs (fingerprinting, preprocessing).
+"""Run a per-case job (fingerprinting, preprocessing) over many cases in worker processes.
 
 Workers start from a fork server rather than by forking the caller: a caller that has already
 run PyTorch/OpenMP code would hand its workers a thread pool they can deadlock on. The server
-preloads MONAI's readers once, so workers start quickly.
+preloads MONAI's readers once, so workers start quickly. Pools are replaced every few cases
+per worker, so allocator growth in long-lived workers cannot accumulate over a large archive.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Callable, Iterable
 
 PRELOAD = ["monai.transforms", "screener_plans.data.preprocess", "screener_plans.planning.fingerprint"]
+CASES_PER_WORKER = 8
 
 
 def case_pool(workers: int) -> ProcessPoolExecutor:
@@ -18,3 +21,27 @@ def case_pool(workers: int) -> ProcessPoolExecutor:
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+
+def map_cases(fn: Callable, items: Iterable, workers: int, on_result: Callable, on_error: Callable) -> None:
+    """Call ``on_result(item, fn(item))`` for every item, in ``workers`` processes.
+
+    ``fn`` takes one item; a worker that dies (killed for memory, say) gives
+    ``on_result(item, on_error(item, exc))`` instead, so one bad case never stops the rest.
+    """
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            on_result(item, fn(item))
+        return
+    chunk = workers * CASES_PER_WORKER
+    for start in range(0, len(items), chunk):
+        with case_pool(workers) as pool:
+            futures = {pool.submit(fn, item): item for item in items[start:start + chunk]}
+            for fut in as_completed(futures):
+                item = futures[fut]
+                try:
+                    result = fut.result()
+                except Exception as e:
+                    result = on_error(item, e)
+                on_result(item, result)

@@ -8,11 +8,11 @@ so an interrupted run resumes by skipping the finished cases.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import tempfile
-from concurrent.futures import as_completed
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from screener_plans.data.checks import validate_ct
 from screener_plans.data.geometry import resampled_shape, to_ras
 from screener_plans.data.readers import CaseImage, CaseSource, find_cases, read_case
 from screener_plans.errors import BadCaseError, ScreenerError
-from screener_plans.parallel import case_pool
+from screener_plans.parallel import map_cases
 from screener_plans.progress import Progress
 
 CACHE_VERSION = 1
@@ -175,21 +175,14 @@ def preprocess(run_dir: str | Path, plans: dict | None = None, data_dir: str | P
     bar = Progress(len(cases), "preprocess", enabled=progress)
     workers = workers or default_workers()
     results = []
-    if workers <= 1 or len(cases) <= 1:
-        for c in cases:
-            results.append(preprocess_case(c, plans, run_dir))
-            bar.update()
-    else:
-        with case_pool(workers) as pool:
-            futures = {pool.submit(preprocess_case, c, plans, run_dir): c for c in cases}
-            for fut in as_completed(futures):
-                c = futures[fut]
-                try:
-                    results.append(fut.result())
-                except Exception as e:
-                    results.append({"name": c.name, "path": c.path, "status": "error",
-                                    "error": f"worker failed ({type(e).__name__}: {e})"})
-                bar.update()
+
+    def collect(case, result):
+        results.append(result)
+        bar.update()
+
+    map_cases(functools.partial(preprocess_case, plans=plans, run_dir=run_dir), cases, workers, on_result=collect,
+              on_error=lambda c, e: {"name": c.name, "path": c.path, "status": "error",
+                                     "error": f"worker failed ({type(e).__name__}: {e})"})
     errors = [r for r in results if r["status"] == "error"]
     summary = {
         "worker_peak_rss_mb": max((r.get("peak_rss_mb", 0.0) for r in results), default=0.0),

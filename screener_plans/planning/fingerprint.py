@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import as_completed
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from screener_plans.data.geometry import to_ras
 from screener_plans.data.readers import CaseSource, find_cases, read_case
 from screener_plans.errors import BadCaseError, ScreenerError
 from screener_plans.io_utils import write_json
-from screener_plans.parallel import case_pool
+from screener_plans.parallel import map_cases
 from screener_plans.progress import Progress
 
 FINGERPRINT_VERSION = 1
@@ -151,19 +150,11 @@ def compute_fingerprints(cases: list[CaseSource], cache_dir: Path, workers: int 
         write_json(_cache_file(cache_dir, case), {"version": FINGERPRINT_VERSION, "signature": sig, "fingerprint": fp})
         bar.update()
 
-    if workers <= 1 or len(todo) <= 1:
-        for case, sig in todo:
-            _store(case, sig, fingerprint_case(case))
-    else:
-        with case_pool(workers) as pool:
-            futures = {pool.submit(fingerprint_case, case): (case, sig) for case, sig in todo}
-            for fut in as_completed(futures):
-                case, sig = futures[fut]
-                try:
-                    fp = fut.result()
-                except Exception as e:  # a crashed worker (e.g. killed for memory) names its case
-                    fp = {"name": case.name, "path": case.path, "error": f"worker failed ({type(e).__name__}: {e})"}
-                _store(case, sig, fp)
+    signatures = dict((case.name, sig) for case, sig in todo)
+    map_cases(fingerprint_case, [case for case, _ in todo], workers,
+              on_result=lambda case, fp: _store(case, signatures[case.name], fp),
+              on_error=lambda case, e: {"name": case.name, "path": case.path,
+                                        "error": f"worker failed ({type(e).__name__}: {e})"})
     return [results[c.name] for c in cases]
 
 
