@@ -204,17 +204,7 @@ def export_torchscript(path, out=None) -> Path:
     from screener_plans.zoo.package import make_readable
 
     out = Path(out) if out else Path(path) / BUNDLE_TORCHSCRIPT
-    bundle, tmp = _export_source(path)
-    try:
-        with atomic_path(out, suffix=".ts") as tmp_out:
-            _run_monai(ckpt_export, "TorchScript", path, filepath=tmp_out, use_trace=True,
-                       input_shape=example_input_shape(bundle), **_monai_args(bundle))
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-    make_readable(out)
-    logger.info("TorchScript scorer -> %s", os.fspath(out))
-    return out
+    return _export_with(ckpt_export, "TorchScript", path, out, ".ts")
 
 
 def export_onnx(path, out=None, opset: int = 18) -> Path:
@@ -232,17 +222,25 @@ def export_onnx(path, out=None, opset: int = 18) -> Path:
     except ImportError:
         raise ScreenerError("ONNX export needs the onnx package (pip install onnx onnxruntime)") from None
     out = Path(out) if out else Path(path) / BUNDLE_ONNX
-    bundle, tmp = _export_source(path)
     axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
     converter = {"input_names": ["patch"], "output_names": ["nll"], "opset_version": int(opset),
                  "dynamic_axes": {"patch": axes, "nll": axes}, "dynamo": False}
+    return _export_with(onnx_export, "ONNX", path, out, ".onnx", converter_kwargs=converter)
+
+
+def _export_with(monai_export, label: str, path, out: Path, suffix: str, **kwargs) -> Path:
+    """Trace the scorer of ``path`` with one of MONAI's bundle exporters into ``out`` atomically."""
+    from screener_plans.io_utils import atomic_path
+    from screener_plans.zoo.package import make_readable
+
+    bundle, tmp = _export_source(path)
     try:
-        with atomic_path(out, suffix=".onnx") as tmp_out:
-            _run_monai(onnx_export, "ONNX", path, filepath=tmp_out, use_trace=True,
-                       input_shape=example_input_shape(bundle), converter_kwargs=converter, **_monai_args(bundle))
+        with atomic_path(out, suffix=suffix) as tmp_out:
+            _run_monai(monai_export, label, path, filepath=tmp_out, use_trace=True,
+                       input_shape=example_input_shape(bundle), **kwargs, **_monai_args(bundle))
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     make_readable(out)
-    logger.info("ONNX scorer -> %s", os.fspath(out))
+    logger.info("%s scorer -> %s", label, os.fspath(out))
     return out
