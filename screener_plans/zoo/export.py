@@ -200,9 +200,6 @@ def export_torchscript(path, out=None) -> Path:
     """
     from monai.bundle import ckpt_export
 
-    from screener_plans.io_utils import atomic_path
-    from screener_plans.zoo.package import make_readable
-
     out = Path(out) if out else Path(path) / BUNDLE_TORCHSCRIPT
     return _export_with(ckpt_export, "TorchScript", path, out, ".ts")
 
@@ -213,9 +210,6 @@ def export_onnx(path, out=None, opset: int = 18) -> Path:
     Batch and spatial axes are dynamic. Default output: ``<path>/models/model.onnx``.
     """
     from monai.bundle import onnx_export
-
-    from screener_plans.io_utils import atomic_path
-    from screener_plans.zoo.package import make_readable
 
     try:
         import onnx  # noqa: F401
