@@ -49,11 +49,11 @@ class Screener:
               f"(preset {plans['preset']}, device {plans['device']}, spacing {plans['spacing']}, "
               f"crop {plans['crop_size']}, batch {plans['batch_size']}, window {plans['intensity']['window']})")
 
-    def preprocess(self, run_dir, workers: int = 0, data_dir=None):
-        """Preprocess the planned cases into RUN_DIR/preprocessed (resumable)."""
+    def preprocess(self, run_dir, workers: int = 0, data_dir=None, skip_bad: bool = False):
+        """Preprocess the planned cases into RUN_DIR/preprocessed (resumable); --skip-bad goes on past bad cases."""
         from screener_plans.data.preprocess import preprocess
 
-        summary = preprocess(run_dir, data_dir=data_dir, workers=workers)
+        summary = preprocess(run_dir, data_dir=data_dir, workers=workers, skip_bad=skip_bad)
         for e in summary["errors"]:
             _echo(f"skipped {e['path']}: {e['problem']}")
         _echo(f"preprocessed {summary['done']} case(s), {summary['cached']} already cached, "

@@ -4,9 +4,56 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def temp_prefix(name: str) -> str:
+    """Prefix of a temporary sibling of ``name``; it records host and pid so that stale ones can be
+    told from those of a writer that is still running (see ``sweep_stale_temporaries``)."""
+    return f".{name}.{socket.gethostname()}-{os.getpid()}."
+
+
+_TEMP = re.compile(r"^\..+\.(?P<host>[^.]+)-(?P<pid>\d+)\..*\.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Remove temporaries left in ``folder`` by writers on this host that were killed mid-write.
+
+    Only names made by ``temp_prefix`` whose process is gone are removed, so concurrent writers
+    (several ranks writing into one output folder) are never disturbed. Returns what was removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    host, removed = socket.gethostname(), []
+    for entry in os.scandir(folder):
+        m = _TEMP.match(entry.name)
+        if not m or m["host"] != host or _alive(int(m["pid"])):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(entry.path)
+        except OSError:
+            pass
+    return removed
 
 
 @contextmanager
@@ -19,7 +66,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     try:
         yield tmp

@@ -70,7 +70,7 @@ def plan_and_train(data_dir, run_dir, budget_minutes: float | None = None, devic
         plans["density"]["condition"] = check_choice(condition, CONDITIONS, "condition")
     if density is not None:
         plans["density"]["kind"] = check_choice(density, DENSITIES, "density")
-    summary = preprocess(run_dir, plans=plans, data_dir=data_dir, workers=workers)
+    summary = preprocess(run_dir, plans=plans, data_dir=data_dir, workers=workers, skip_bad=skip_bad)
     for e in summary["errors"]:
         logger.warning("skipped %s: %s", e["path"], e["problem"])
     stages = stages_for(plans["density"]["condition"])

@@ -20,8 +20,9 @@ import numpy as np
 from screener_plans.data.body import body_mask, bounding_box
 from screener_plans.data.checks import validate_ct
 from screener_plans.data.geometry import resampled_shape, to_ras
-from screener_plans.data.readers import CaseImage, CaseSource, find_cases, read_case
+from screener_plans.data.readers import CaseImage, CaseSource, case_name, find_cases, read_case
 from screener_plans.errors import BadCaseError, ScreenerError
+from screener_plans.io_utils import sweep_stale_temporaries, temp_prefix
 from screener_plans.parallel import map_cases
 from screener_plans.progress import Progress
 
@@ -105,7 +106,7 @@ def is_done(out: Path, key: dict) -> bool:
 def write_case(out: Path, image: np.ndarray, mask: np.ndarray, meta: dict) -> None:
     """Write a case folder atomically: a temporary sibling folder renamed into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".tmp", dir=out.parent))
     try:
         np.save(tmp / "image.npy", image)
         np.save(tmp / "mask.npy", mask)
@@ -158,8 +159,13 @@ def cached_cases(run_dir: str | Path, plans: dict) -> list[str]:
 
 
 def preprocess(run_dir: str | Path, plans: dict | None = None, data_dir: str | Path | None = None,
-               workers: int = 0, progress: bool = True) -> dict:
-    """Preprocess every planned case in parallel; skips cases already cached with the same plans."""
+               workers: int = 0, progress: bool = True, skip_bad: bool = False) -> dict:
+    """Preprocess every planned case in parallel; skips cases already cached with the same plans.
+
+    Every readable case is cached before a bad one is reported, so nothing is lost: without
+    ``skip_bad`` a bad case then raises ``ScreenerError`` naming it; with it, bad cases are
+    only listed in the summary's ``errors``.
+    """
     from screener_plans.planning.fingerprint import default_workers
     from screener_plans.planning.plans import load_plans
 
@@ -167,11 +173,17 @@ def preprocess(run_dir: str | Path, plans: dict | None = None, data_dir: str | P
     plans = plans or load_plans(run_dir / "plans.json")
     data_dir = Path(data_dir or plans["dataset"]["data_dir"])
     wanted = set(plans["dataset"]["cases"])
-    cases = [c for c in find_cases(data_dir) if c.name in wanted]
-    missing = wanted - {c.name for c in cases}
-    if missing:
-        raise ScreenerError(f"{data_dir}: {len(missing)} planned case(s) are gone, e.g. {sorted(missing)[0]}; "
+    found, bad = find_cases(data_dir, with_bad=True)
+    cases = [c for c in found if c.name in wanted]
+    missing = sorted(wanted - {c.name for c in cases})
+    # A planned case that is now an unreadable entry (say, renamed to an unsupported extension)
+    # is reported with that entry's own problem.
+    problems = [{"path": b.path, "problem": b.reason} for b in bad
+                if {case_name(b.path), Path(b.path).name.split(".")[0]} & set(missing)]
+    if missing and not problems:
+        raise ScreenerError(f"{data_dir}: {len(missing)} planned case(s) are gone, e.g. {missing[0]}; "
                             "re-run `screener plan`")
+    sweep_stale_temporaries(run_dir / "preprocessed")
     bar = Progress(len(cases), "preprocess", enabled=progress)
     workers = workers or default_workers()
     results = []
@@ -183,13 +195,15 @@ def preprocess(run_dir: str | Path, plans: dict | None = None, data_dir: str | P
     map_cases(functools.partial(preprocess_case, plans=plans, run_dir=run_dir), cases, workers, on_result=collect,
               on_error=lambda c, e: {"name": c.name, "path": c.path, "status": "error",
                                      "error": f"worker failed ({type(e).__name__}: {e})"})
-    errors = [r for r in results if r["status"] == "error"]
+    errors = problems + [{"path": r["path"], "problem": r["error"]} for r in results if r["status"] == "error"]
     summary = {
         "worker_peak_rss_mb": max((r.get("peak_rss_mb", 0.0) for r in results), default=0.0),
         "done": sum(r["status"] == "done" for r in results),
         "cached": sum(r["status"] == "cached" for r in results),
-        "errors": [{"path": r["path"], "problem": r["error"]} for r in errors],
+        "errors": errors,
     }
-    if errors and len(errors) == len(results):
-        raise ScreenerError(f"no case could be preprocessed; first: {errors[0]['path']}: {errors[0]['error']}")
+    if errors and (not skip_bad or not (summary["done"] or summary["cached"])):
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        hint = "" if not (summary["done"] or summary["cached"]) else "; --skip-bad continues without it"
+        raise ScreenerError(f"{errors[0]['path']}: {errors[0]['problem']}{more}{hint}")
     return summary

@@ -251,6 +251,7 @@ def read_case(case: CaseSource) -> CaseImage:
     meta: dict = {}
     target: object = case.path
     reader_kwargs: dict = {}
+    files: list[str] = []
     if case.kind == "dicom":
         files, note = _select_dicom_series(case)
         if note:
@@ -271,6 +272,9 @@ def read_case(case: CaseSource) -> CaseImage:
             # MONAI announces optional GPU decoders it cannot find; irrelevant to users here.
             warnings.simplefilter("ignore")
             logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+            # LoadImage logs every reader it tries on a broken file, with a malformed log call that
+            # prints a traceback; the BadCaseError raised below says what is wrong instead.
+            logging.getLogger("LoadImage").setLevel(logging.WARNING)
             loader = LoadImage(reader=case.reader, image_only=False, dtype=np.float32, **reader_kwargs)
     except Exception as e:
         extra = EXTRA_FOR_READER.get(case.reader, "")
@@ -296,7 +300,7 @@ def read_case(case: CaseSource) -> CaseImage:
     if case.kind == "dicom":
         import pydicom
 
-        ds = pydicom.dcmread(case.files[0], stop_before_pixels=True)
+        ds = pydicom.dcmread(files[0], stop_before_pixels=True)  # a slice of the series actually read
         meta["dicom_rescale"] = hasattr(ds, "RescaleIntercept") or hasattr(ds, "RescaleSlope")
         meta["modality"] = str(getattr(ds, "Modality", ""))
     return CaseImage(case.name, case.path, array, affine, meta)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from screener_plans.errors import BadCaseError, ScreenerError
-from screener_plans.io_utils import ensure_writable_dir, write_json
+from screener_plans.io_utils import ensure_writable_dir, sweep_stale_temporaries, write_json
 from screener_plans.progress import Progress
 
 logger = logging.getLogger("screener.predict")
@@ -121,6 +121,7 @@ class Predictor:
         from screener_plans.data.readers import find_cases
 
         out_dir = ensure_writable_dir(output_dir)
+        sweep_stale_temporaries(out_dir)  # left by a run killed mid-write
         cases, bad = find_cases(input_path, with_bad=True)
         if not cases and not bad:
             raise ScreenerError(f"{input_path}: no images found")

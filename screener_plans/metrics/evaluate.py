@@ -25,8 +25,10 @@ def _nifti_cases(folder: Path, what: str) -> dict[str, Path]:
     cases: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         suffix = next((s for s in _SUFFIXES if path.name.endswith(s)), None)
-        if suffix is None or path.name.startswith(".") or not path.is_file():
+        if suffix is None or path.name.startswith(".") or path.is_dir():
             continue
+        if not path.is_file():
+            raise BadCaseError(path, "cannot be read (a broken link or not a regular file)")
         case = path.name[: -len(suffix)]
         if case in cases:
             raise ScreenerError(f"{folder}: {what} for case '{case}' exists twice "
@@ -61,6 +63,15 @@ def _load(path: Path) -> np.ndarray:
         data = data[..., 0]
     if data.dtype.kind not in "fiub":
         raise BadCaseError(path, f"image data must be numeric, got dtype {data.dtype}")
+    return data
+
+
+def _load_label(path: Path) -> np.ndarray:
+    """A label map: non-negative integers (0 normal, > 0 lesion); anything else is refused."""
+    data = _load(path)
+    if data.size and (float(data.min()) < 0 or not np.array_equal(data, np.round(data))):
+        raise BadCaseError(path, f"not a label mask (values from {float(data.min()):g} to {float(data.max()):g}; "
+                                 "expected 0 for normal and positive integers for lesions)")
     return data
 
 
@@ -130,7 +141,7 @@ def evaluate(pred_dir, labels_dir, mask_dir=None, bins: int = DEFAULT_BINS) -> d
     for case, pred, label, mask in cases:
         acc = pooled.empty_like()
         try:
-            acc.update(_load(pred), _load(label), None if mask is None else _load(mask))
+            acc.update(_load(pred), _load_label(label), None if mask is None else _load(mask))
         except BadCaseError:
             raise
         except ScreenerError as exc:
