@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from screener_plans.engines.device import amp_dtype, autocast
+from screener_plans.engines.device import amp_dtype, autocast, channels_last
 from screener_plans.engines.models import Scorer, build_density_model, build_features, density_config
 from screener_plans.engines.steps import NonFiniteGuard, optimizer_step
 
@@ -16,7 +16,7 @@ from screener_plans.engines.steps import NonFiniteGuard, optimizer_step
 def build_density_scorer(run_dir, plans: dict, condition=None, density=None) -> Scorer:
     """Frozen features of a run + a fresh density model, chosen by ``--condition``/``--density``."""
     cfg = density_config(plans, condition, density)
-    scorer = Scorer(build_features(run_dir, plans, cfg), build_density_model(cfg))
+    scorer = channels_last(Scorer(build_features(run_dir, plans, cfg), build_density_model(cfg)))
     scorer.config = cfg
     return scorer
 
@@ -33,7 +33,7 @@ class DensityIteration:
 
         scorer, optimizer = engine.network, engine.optimizer
         device = torch.device(engine.state.device)
-        image = batch["image"].to(device, non_blocking=True)
+        image = channels_last(batch["image"].to(device, non_blocking=True))
         origin = batch["origin_mm"].to(device, non_blocking=True)
         spacing = batch["spacing"].to(device, non_blocking=True)
         scorer.features.eval()

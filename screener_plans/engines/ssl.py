@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from screener_plans.data.pairs import gather_descriptors
-from screener_plans.engines.device import amp_dtype, autocast
+from screener_plans.engines.device import amp_dtype, autocast, channels_last
 from screener_plans.engines.steps import NonFiniteGuard, optimizer_step
 from screener_plans.planning.planner import network_preset
 
@@ -59,12 +59,12 @@ class SSLModel(nn.Module):
 
     def __init__(self, net: nn.Module, head: nn.Module):
         super().__init__()
-        self.net, self.head = net, head
+        self.net, self.head = channels_last(net), head
 
     def forward(self, crops: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """crops (B, 2, C, X, Y, Z), positions (B, 2, n, 3) -> embeddings of both views (B*n, D) x 2."""
         b = crops.shape[0]
-        feats = self.net(torch.cat([crops[:, 0], crops[:, 1]]))
+        feats = self.net(channels_last(torch.cat([crops[:, 0], crops[:, 1]])))
         y1 = gather_descriptors(feats[:b], positions[:, 0])
         y2 = gather_descriptors(feats[b:], positions[:, 1])
         return self.head(y1), self.head(y2)

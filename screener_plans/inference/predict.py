@@ -78,8 +78,21 @@ def calibrate(run_dir, plans: dict | None = None, scorer=None, device="auto", ma
     return result
 
 
+def shard() -> tuple[int, int]:
+    """(rank, world size) of this process under torchrun; (0, 1) otherwise."""
+    import os
+
+    return int(os.environ.get("RANK", 0)), max(1, int(os.environ.get("WORLD_SIZE", 1)))
+
+
 class Predictor:
-    """Scores scans with a trained run; ``run(input, output_dir)`` handles a file or a folder."""
+    """Scores scans with a trained run; ``run(input, output_dir)`` handles a file or a folder.
+
+    Over a folder, the next case is read and preprocessed in a background thread while the
+    current one is scored, and finished maps are written in another thread while the next one
+    is scored. Under ``torchrun`` each rank takes every WORLD_SIZE-th case (on its own GPU), so
+    every case is written exactly once; the summaries are gathered on every rank.
+    """
 
     def __init__(self, run_dir, plans: dict, scorer, device, threshold: float | None = None,
                  skip_bad: bool = True, overwrite: bool = False, progress: bool = True):
@@ -92,32 +105,56 @@ class Predictor:
     def done(self, out_dir: Path, name: str) -> bool:
         return all((out_dir / f"{name}{suffix}").exists() for suffix in (".nii.gz", "_regions.json", ".png"))
 
-    def predict_case(self, case, out_dir: Path) -> dict:
+    def load(self, case) -> dict:
+        """Read, check and preprocess one case (thread-safe: no torch, no shared state)."""
         from screener_plans.data.checks import validate_ct
         from screener_plans.data.preprocess import preprocess_image
         from screener_plans.data.readers import read_case
-        from screener_plans.inference.restore import to_original_grid
-        from screener_plans.inference.writer import write_case_outputs
 
         t0 = time.perf_counter()
         img = validate_ct(read_case(case))
         t_read = time.perf_counter()
         image, mask, meta = preprocess_image(img, self.plans)
-        t_pre = time.perf_counter()
+        return {"case": case, "img": img, "image": image, "mask": mask, "meta": meta,
+                "timing": {"read": t_read - t0, "preprocess": time.perf_counter() - t_read}}
+
+    def score(self, loaded: dict) -> dict:
+        """Sliding-window NLL on the preprocessed grid, then back onto the input's own grid."""
+        from screener_plans.inference.restore import to_original_grid
+
+        t0 = time.perf_counter()
+        image, mask, meta = loaded["image"], loaded["mask"], loaded["meta"]
         score = self.inferer(self.scorer, image, meta["crop_origin_mm"], meta["spacing"], self.device)
         t_inf = time.perf_counter()
-        original = to_original_grid(score, mask, meta)
-        t_back = time.perf_counter()
-        threshold = self.threshold if self.threshold is not None else float(np.quantile(score[mask > 0], 0.999))
-        timing = {"read": t_read - t0, "preprocess": t_pre - t_read, "sliding_window": t_inf - t_pre,
-                  "resample_back": t_back - t_inf}
-        result = write_case_outputs(out_dir, case.name, original, img.affine, img.array, threshold,
-                                    extra={"source": str(case.path), "threshold_calibrated": self.threshold is not None})
-        timing["write"] = time.perf_counter() - t_back
-        result["timing"] = timing
+        loaded["original"] = to_original_grid(score, mask, meta)
+        loaded["threshold"] = (self.threshold if self.threshold is not None
+                               else float(np.quantile(score[mask > 0], 0.999)))
+        loaded["timing"].update(sliding_window=t_inf - t0, resample_back=time.perf_counter() - t_inf)
+        loaded["cache_shape"] = list(image.shape)
+        for key in ("image", "mask"):  # free the preprocessed arrays before the write
+            loaded.pop(key)
+        return loaded
+
+    def write(self, scored: dict, out_dir: Path) -> dict:
+        from screener_plans.inference.writer import write_case_outputs
+
+        t0 = time.perf_counter()
+        case, img = scored["case"], scored["img"]
+        result = write_case_outputs(out_dir, case.name, scored["original"], img.affine, img.array,
+                                    scored["threshold"], extra={"source": str(case.path),
+                                                                "threshold_calibrated": self.threshold is not None})
+        result["timing"] = {**scored["timing"], "write": time.perf_counter() - t0}
+        result["cache_shape"] = scored["cache_shape"]
+        result["case"] = case.name
         return result
 
+    def predict_case(self, case, out_dir: Path) -> dict:
+        """One case, start to end, in this thread; the result holds per-phase ``timing``."""
+        return self.write(self.score(self.load(case)), out_dir)
+
     def run(self, input_path, output_dir) -> dict:
+        from concurrent.futures import ThreadPoolExecutor
+
         from screener_plans.data.readers import find_cases
 
         out_dir = ensure_writable_dir(output_dir)
@@ -128,30 +165,68 @@ class Predictor:
         if self.threshold is None:
             logger.warning("%s has no calibration.json: region threshold falls back to each scan's 99.9th "
                            "percentile (run `screener calibrate %s`)", self.run_dir, self.run_dir)
+        rank, world = shard()
+        cases, bad = cases[rank::world], bad[rank::world]
         summary = {"done": [], "skipped_existing": [], "errors": [{"path": b.path, "problem": b.reason} for b in bad]}
         if bad and not self.skip_bad:
             raise ScreenerError(f"{bad[0].path}: {bad[0].reason}")
-        bar = Progress(len(cases), "predict", enabled=self.progress)
+        bar = Progress(len(cases), "predict", enabled=self.progress and rank == 0)
+        todo = []
         for case in cases:
             if not self.overwrite and self.done(out_dir, case.name):
                 summary["skipped_existing"].append(case.name)
                 bar.update()
-                continue
-            try:
-                res = self.predict_case(case, out_dir)
-                summary["done"].append({"case": case.name, "n_regions": len(res.get("regions", [])),
-                                        "timing": res["timing"]})
-            except BadCaseError as e:
-                if not self.skip_bad:
-                    raise
-                summary["errors"].append({"path": e.path, "problem": e.reason})
+            else:
+                todo.append(case)
+
+        def finish(write) -> None:
+            res = write.result()
+            summary["done"].append({"case": res["case"], "n_regions": len(res.get("regions", [])),
+                                    "timing": res["timing"]})
             bar.update()
+
+        with ThreadPoolExecutor(1, "screener-load") as loader, ThreadPoolExecutor(1, "screener-write") as writer:
+            upcoming = loader.submit(self.load, todo[0]) if todo else None
+            pending = None
+            for i, case in enumerate(todo):
+                current = upcoming
+                upcoming = loader.submit(self.load, todo[i + 1]) if i + 1 < len(todo) else None
+                try:
+                    loaded = current.result()
+                except BadCaseError as e:
+                    if not self.skip_bad:
+                        raise
+                    summary["errors"].append({"path": e.path, "problem": e.reason})
+                    bar.update()
+                    continue
+                scored = self.score(loaded)
+                if pending is not None:
+                    finish(pending)
+                pending = writer.submit(self.write, scored, out_dir)
+            if pending is not None:
+                finish(pending)
+        summary = _gather(summary, world)
         for e in summary["errors"]:
             logger.warning("skipped %s: %s", e["path"], e["problem"])
         if summary["errors"] and not summary["done"] and not summary["skipped_existing"]:
             raise ScreenerError(f"no case could be scored; first: {summary['errors'][0]['path']}: "
                                 f"{summary['errors'][0]['problem']}")
         return summary
+
+
+def _gather(summary: dict, world: int) -> dict:
+    """Every rank's summary merged (under torchrun), so each rank reports the whole job."""
+    if world <= 1:
+        return summary
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    parts = [None] * world
+    dist.all_gather_object(parts, summary)
+    merged = {key: [item for part in parts for item in part[key]] for key in summary}
+    merged["done"].sort(key=lambda d: d["case"])
+    return merged
 
 
 def predict(run_dir, input_path, output_dir, device="auto", skip_bad: bool = True, overwrite: bool = False,
@@ -174,6 +249,10 @@ def predict(run_dir, input_path, output_dir, device="auto", skip_bad: bool = Tru
 
 def format_summary(summary: dict) -> str:
     """One line per outcome for the console."""
+    from screener_plans.engines.device import is_main_process
+
+    if not is_main_process():  # under torchrun every rank holds the merged summary; one prints it
+        return ""
     lines = [f"scored {len(summary['done'])} case(s), {len(summary['skipped_existing'])} already done, "
              f"{len(summary['errors'])} skipped"]
     for d in summary["done"]:

@@ -1,0 +1,93 @@
+"""Inference speed-ups keep the maps: channels-last layout, threaded folder pipeline, torchrun sharding."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import ras_affine, simple_ct, write_nifti
+from run_utils import make_random_run
+
+TOLERANCE = 1e-4  # relative to the map's range; float32 reassociation only
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from screener_plans.planning.planner import plan
+
+    root = tmp_path_factory.mktemp("speed")
+    data = root / "data"
+    data.mkdir()
+    for i in range(4):
+        write_nifti(data / f"case_{i}.nii.gz", simple_ct((56, 48, 28), seed=20 + i), ras_affine((2.5, 2.5, 3.5)))
+    plans = plan(data, root / "planned", device="cpu", workers=1, progress=False,
+                 overrides={"crop_size": [16, 16, 16], "spacing": [3.0, 3.0, 3.0], "inference.sw_batch_size": 4})
+    return {"data": data, "run": make_random_run(root, plans), "plans": plans}
+
+
+def _maps(folder):
+    return {p.name: np.asarray(nib.load(str(p)).dataobj) for p in sorted(folder.glob("*.nii.gz"))}
+
+
+def test_channels_last_keeps_the_maps(env):
+    from screener_plans.data.preprocess import preprocess_image
+    from screener_plans.data.readers import find_cases, read_case
+    from screener_plans.engines.models import load_scorer
+    from screener_plans.inference.sliding import ScorerInferer
+
+    plans = env["plans"]
+    img = read_case(find_cases(env["data"])[0])
+    image, mask, meta = preprocess_image(img, plans)
+    maps = []
+    for channels_last in (False, True):
+        scorer = load_scorer(env["run"], plans).eval()
+        inferer = ScorerInferer(plans["crop_size"], 0.25, "gaussian", 4, amp=False, channels_last=channels_last)
+        maps.append(inferer(scorer, image, meta["crop_origin_mm"], meta["spacing"], "cpu"))
+    span = float(maps[0].max() - maps[0].min())
+    assert span > 0
+    assert float(np.abs(maps[0] - maps[1]).max()) <= TOLERANCE * span
+
+
+def test_threaded_folder_pipeline_matches_case_by_case(env, tmp_path):
+    from screener_plans.engines.models import load_scorer
+    from screener_plans.inference.predict import Predictor
+    from screener_plans.data.readers import find_cases
+
+    plans = env["plans"]
+    pred = Predictor(env["run"], plans, load_scorer(env["run"], plans), "cpu", threshold=1.0, progress=False)
+    summary = pred.run(env["data"], tmp_path / "folder")
+    assert [d["case"] for d in summary["done"]] == [f"case_{i}" for i in range(4)]
+    for case in find_cases(env["data"]):
+        pred.predict_case(case, tmp_path / "one_by_one")
+    a, b = _maps(tmp_path / "folder"), _maps(tmp_path / "one_by_one")
+    assert a.keys() == b.keys() and len(a) == 4
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_torchrun_shards_cases_across_ranks(env, tmp_path):
+    out = tmp_path / "out"
+    env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "screener_plans.cli", "predict", str(env["run"]), str(env["data"]), str(out),
+                        "--device", "cpu"], capture_output=True, text=True, env=env_vars, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    text = p.stdout + p.stderr
+    assert len(re.findall(r"scored 4 case\(s\), 0 already done, 0 skipped", text)) == 1, text
+    for i in range(4):  # every case once, and only by its rank
+        assert len(re.findall(rf"^\s+case_{i}: ", text, flags=re.M)) == 1, text
+    assert sorted(_maps(out)) == [f"case_{i}.nii.gz" for i in range(4)]
+    ref = tmp_path / "ref"
+    from screener_plans.inference.predict import predict
+
+    torch.set_num_threads(1)
+    predict(env["run"], env["data"], ref, device="cpu", progress=False)
+    for name, m in _maps(out).items():
+        np.testing.assert_allclose(m, _maps(ref)[name], atol=1e-5)
