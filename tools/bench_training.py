@@ -21,6 +21,9 @@ import resource, sys
 from screener_plans.cli import main
 code = main(sys.argv[1:])
 print("PEAK_RSS_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)
+import torch
+if torch.cuda.is_available():
+    print("PEAK_GPU_MB", torch.cuda.max_memory_allocated() / 2**20, file=sys.stderr)
 sys.exit(code)
 """
 
@@ -36,11 +39,13 @@ def bench_stage(run: Path, stage: str, steps: int, device: str) -> dict:
     if p.returncode != 0:
         raise SystemExit(p.stderr[-3000:])
     rss = float([line for line in p.stderr.splitlines() if line.startswith("PEAK_RSS_MB")][-1].split()[1])
+    gpu = [float(line.split()[1]) for line in p.stderr.splitlines() if line.startswith("PEAK_GPU_MB")]
     records = [json.loads(line) for line in log.read_text().splitlines()]
     steady = records[1:] or records
     steps_per_s = len(steady) / sum(1 / r["steps_per_s"] for r in steady)  # harmonic mean of windows
     data_wait = sum(r["data_wait"] for r in steady) / len(steady)
     return {"stage": stage, "steps_per_s": steps_per_s, "data_wait": data_wait, "peak_rss_mb": rss,
+            "peak_gpu_mb": gpu[-1] if gpu else None,
             "final_loss": records[-1]["loss"]}
 
 
@@ -81,7 +86,9 @@ def main() -> None:
         print(f"| {r['preset']} | {r['stage']} | {'x'.join(map(str, r['crop']))} | {r['batch']} | "
               f"{r['steps_per_s']:.2f} | {pairs} | {r['voxels_per_s'] / 1e6:.2f} | {100 * r['data_wait']:.1f}% | "
               f"{r['peak_rss_mb']:.0f} |")
-    print(json.dumps({"benchmark": "training", "device": args.device, "rows": rows}))
+    report = {"benchmark": "training", "device": args.device, "rows": rows}
+    (args.out / "bench_training.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

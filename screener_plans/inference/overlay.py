@@ -72,6 +72,16 @@ def _square_pixels(img: np.ndarray, row_mm: float, col_mm: float, pixel_mm: floa
     return out[:shape[0], :shape[1]]
 
 
+def _argmax_voxel(score: np.ndarray) -> tuple[int, ...]:
+    """Voxel of the highest score without copying the map (nanargmax copies 3 times)."""
+    order = "F" if score.flags.f_contiguous and not score.flags.c_contiguous else "C"
+    flat = score.ravel(order=order)  # a view for C- or F-contiguous maps
+    i = int(np.argmax(flat))
+    if np.isnan(flat[i]):  # argmax stops at the first NaN
+        i = int(np.nanargmax(flat))
+    return np.unravel_index(i, score.shape, order=order)
+
+
 def _reference_levels(score: np.ndarray, threshold: float | None) -> tuple[float, float]:
     """(level where the overlay starts, level where it saturates)."""
     top = float(np.nanmax(score))
@@ -128,7 +138,7 @@ def render_overlay(image_hu: np.ndarray, score: np.ndarray, affine: np.ndarray, 
     affine = np.asarray(affine, dtype=np.float64)
     shape = image_hu.shape
     if point_voxel is None:
-        point_voxel = np.unravel_index(int(np.nanargmax(score)), shape)
+        point_voxel = _argmax_voxel(score)
     point = np.clip(np.asarray(point_voxel, dtype=np.int64), 0, np.asarray(shape) - 1)
 
     ornt = ras_transform(affine)

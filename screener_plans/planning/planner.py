@@ -177,8 +177,10 @@ def derive_plans(fingerprint: dict, device: str, memory_gb: float, preset: str |
         "pairs_per_crop": int(knobs["pairs_per_crop"]),
         "crop_scale": [0.7, 1.4],
         # Mild colour jitter in HU terms: CT intensities carry meaning (a liver mass may differ from
-        # liver by 30 HU), so descriptors must not become invariant to such differences.
-        "augment": {"brightness_hu": 15.0, "noise_hu": 15.0, "contrast": 0.05, "blur_sigma": 0.7},
+        # liver by 30 HU), so descriptors must not become invariant to such differences. Two views
+        # differing by up to +-15 HU brightness and 5% contrast (the first defaults) taught exactly
+        # that invariance; these milder values raised AUROC 0.534 -> 0.578 on the demo data.
+        "augment": {"brightness_hu": 3.0, "noise_hu": 10.0, "contrast": 0.01, "blur_sigma": 0.7},
         "masking": {"block_size": block, "ratio": 0.6},
         "network": network,
         "loss": {"kind": "vicreg", "inv_weight": 25.0, "var_weight": 25.0, "cov_weight": 1.0, "temperature": 0.1},

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# One prepared GPU check (issue #6): whole-scan inference at the base and tiny presets with AMP,
+# training pairs/s and GPU memory. Run from the repository root on a machine with a CUDA GPU:
+#   bash tools/bench_gpu.sh [OUT_DIR]
+# Writes OUT_DIR/bench_inference.json and OUT_DIR/training/bench_training.json and prints both tables.
+set -euo pipefail
+OUT=${1:-/tmp/screener_bench_gpu}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python tools/bench_inference.py --presets base,tiny --device cuda --repeats 3 --out "$OUT"
+python tools/bench_training.py --presets base --steps 40 --device cuda --out "$OUT/training"
