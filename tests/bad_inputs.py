@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import ras_affine, simple_ct, write_nifti
+from conftest import oblique_affine, ras_affine, simple_ct, write_nifti, write_raw_pixdim
 from dicom_utils import write_dicom_series
 
 SHAPE = (40, 36, 20)
@@ -20,31 +20,6 @@ class Entry:
     folder: Path  # holds exactly one case
     path: Path  # the file or DICOM folder of that case
     needle: str | None  # substring of the error; None: a valid input that must give the right result
-
-
-def oblique_affine(spacing=SPACING, degrees=20.0):
-    """File axes rotated 20 degrees about S, with a permutation and flips (not axis-aligned)."""
-    base = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]])
-    t = np.deg2rad(degrees)
-    rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
-    aff = np.eye(4)
-    aff[:3, :3] = rot @ base @ np.diag(spacing)
-    aff[:3, 3] = (12.0, -30.0, 7.0)
-    return aff
-
-
-def _raw_nifti(path, data, pixdim):
-    """nibabel refuses to write zero/negative spacings: patch them into the header bytes."""
-    import gzip
-
-    import nibabel as nib
-
-    hdr = nib.Nifti1Image(np.round(data).astype(np.int16), np.eye(4)).header
-    hdr["pixdim"][1:4] = pixdim
-    hdr.set_sform(None, code=0)
-    hdr.set_qform(None, code=0)
-    with gzip.open(path, "wb") as f:
-        f.write(hdr.binaryblock + b"\0" * 4 + np.round(data).astype(np.int16).tobytes(order="F"))
 
 
 def write_corpus(root: Path) -> dict[str, Entry]:
@@ -92,7 +67,7 @@ def write_corpus(root: Path) -> dict[str, Entry]:
     for kind, pixdim in (("spacing_zero", (3.0, 0.0, 4.0)), ("spacing_negative", (3.0, -3.0, 4.0))):
         d = root / kind
         d.mkdir()
-        _raw_nifti(d / "scan.nii.gz", ct, pixdim)
+        write_raw_pixdim(d / "scan.nii.gz", ct, pixdim)
         out[kind] = Entry(d, d / "scan.nii.gz", "spacing")
     d = root / "dicom_no_rescale"
     write_dicom_series(d / "scan", ct, spacing=SPACING, rescale=False)
@@ -101,7 +76,7 @@ def write_corpus(root: Path) -> dict[str, Entry]:
     write_dicom_series(d / "scan", ct, spacing=SPACING)  # the CT series: used
     write_dicom_series(d / "scan", np.abs(ct[:, :, :6]) / 10, spacing=SPACING, modality="MR")
     out["dicom_mixed_series"] = Entry(d, d / "scan", None)
-    nifti("oblique", np.ascontiguousarray(np.transpose(ct, (2, 0, 1))[::-1, :, ::-1]), affine=oblique_affine())
+    nifti("oblique", np.ascontiguousarray(np.transpose(ct, (2, 0, 1))[::-1, :, ::-1]), affine=oblique_affine(SPACING))
     return out
 
 

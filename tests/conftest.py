@@ -45,6 +45,33 @@ def write_nifti(path, data, affine, dtype=np.int16):
     return path
 
 
+def oblique_affine(spacing, degrees=20.0):
+    """File axes (i, j, k) run roughly along (-S, +R, -A), rotated ``degrees`` about S (not axis-aligned)."""
+    base = np.zeros((3, 3))
+    base[2, 0] = -1.0
+    base[0, 1] = 1.0
+    base[1, 2] = -1.0
+    t = np.deg2rad(degrees)
+    rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ base @ np.diag(spacing)
+    aff[:3, 3] = (12.0, -30.0, 7.0)
+    return aff
+
+
+def write_raw_pixdim(path, data, dims):
+    """A .nii.gz with voxel sizes ``dims`` patched into the header (nibabel refuses to write bad ones)."""
+    import gzip
+
+    img = nib.Nifti1Image(np.round(data).astype(np.int16), np.eye(4))
+    hdr = nib.Nifti1Header(bytes(img.header.binaryblock), check=False)
+    hdr["pixdim"][1:4] = dims
+    hdr.set_sform(None, code=0)
+    hdr.set_qform(None, code=0)
+    with gzip.open(path, "wb") as f:
+        f.write(hdr.binaryblock + b"\0" * 4 + np.round(data).astype(np.int16).tobytes(order="F"))
+
+
 @pytest.fixture
 def ct_folder(tmp_path):
     """A folder of four small NIfTI CTs with varying spacing and shape."""

@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+import conftest
 from conftest import simple_ct
 from screener_plans.data.body import body_mask
 from screener_plans.data.geometry import CaseGeometry
@@ -24,17 +25,7 @@ SPACING = (1.2, 1.5, 2.0)  # file axes i, j, k
 
 
 def oblique_affine(spacing=SPACING, degrees=20.0):
-    """File axes (i, j, k) run roughly along (-S, +R, -A), rotated 20 degrees about S."""
-    base = np.zeros((3, 3))
-    base[2, 0] = -1.0
-    base[0, 1] = 1.0
-    base[1, 2] = -1.0
-    t = np.deg2rad(degrees)
-    rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
-    aff = np.eye(4)
-    aff[:3, :3] = rot @ base @ np.diag(spacing)
-    aff[:3, 3] = (12.0, -30.0, 7.0)
-    return aff
+    return conftest.oblique_affine(spacing, degrees)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -75,11 +76,17 @@ def test_threaded_folder_pipeline_matches_case_by_case(env, tmp_path):
 def test_torchrun_shards_cases_across_ranks(env, tmp_path):
     out = tmp_path / "out"
     env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "screener_plans.cli", "predict", str(env["run"]), str(env["data"]), str(out),
-                        "--device", "cpu"], capture_output=True, text=True, env=env_vars, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    text = p.stdout + p.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "screener_plans.cli", "predict", str(env["run"]), str(env["data"]), str(out),
+                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env_vars, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the ranks too, not only the launcher
+        stdout, stderr = proc.communicate()
+    assert proc.returncode == 0, stderr[-3000:]
+    text = stdout + stderr
     assert len(re.findall(r"scored 4 case\(s\), 0 already done, 0 skipped", text)) == 1, text
     for i in range(4):  # every case once, and only by its rank
         assert len(re.findall(rf"^\s+case_{i}: ", text, flags=re.M)) == 1, text

@@ -1,8 +1,7 @@
-import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import ras_affine, simple_ct, write_nifti
+from conftest import ras_affine, simple_ct, write_nifti, write_raw_pixdim
 from dicom_utils import write_dicom_series
 from screener_plans.data.checks import validate_ct
 from screener_plans.data.readers import case_name, find_cases, read_case
@@ -131,21 +130,6 @@ def test_intensity_checks(tmp_path):
     assert "do not look like CT" in got["mri"] and "mri.nii.gz" in got["mri"]
     assert "constant volume" in got["const"]
     assert "1 NaN/inf" in got["nan"]
-
-
-def write_raw_pixdim(path, data, dims):
-    """nibabel refuses to write bad spacings, so patch them into the header bytes."""
-    import gzip
-
-    img = nib.Nifti1Image(np.round(data).astype(np.int16), np.eye(4))
-    raw = bytearray(img.header.binaryblock)
-    hdr = nib.Nifti1Header(bytes(raw), check=False)
-    hdr["pixdim"][1:4] = dims
-    hdr.set_sform(None, code=0)
-    hdr.set_qform(None, code=0)
-    raw = hdr.binaryblock + b"\0" * 4 + np.round(data).astype(np.int16).tobytes(order="F")
-    with gzip.open(path, "wb") as f:
-        f.write(raw)
 
 
 def test_spacing_checks(tmp_path):
