@@ -220,10 +220,13 @@ def _gather(summary: dict, world: int) -> dict:
         return summary
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         dist.init_process_group(backend="gloo")
     parts = [None] * world
     dist.all_gather_object(parts, summary)
+    if created:
+        dist.destroy_process_group()
     merged = {key: [item for part in parts for item in part[key]] for key in summary}
     merged["done"].sort(key=lambda d: d["case"])
     return merged
@@ -249,9 +252,7 @@ def predict(run_dir, input_path, output_dir, device="auto", skip_bad: bool = Tru
 
 def format_summary(summary: dict) -> str:
     """One line per outcome for the console."""
-    from screener_plans.engines.device import is_main_process
-
-    if not is_main_process():  # under torchrun every rank holds the merged summary; one prints it
+    if shard()[0] != 0:  # under torchrun every rank holds the merged summary; rank 0 prints it
         return ""
     lines = [f"scored {len(summary['done'])} case(s), {len(summary['skipped_existing'])} already done, "
              f"{len(summary['errors'])} skipped"]
