@@ -15,7 +15,11 @@ from pathlib import Path
 def temp_prefix(name: str) -> str:
     """Prefix of a temporary sibling of ``name``; it records host and pid so that stale ones can be
     told from those of a writer that is still running (see ``sweep_stale_temporaries``)."""
-    return f".{name}.{socket.gethostname()}-{os.getpid()}."
+    return f".{name}.{_host()}-{os.getpid()}."
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_")  # one dot-free field in the temporary's name
 
 
 _TEMP = re.compile(r"^\..+\.(?P<host>[^.]+)-(?P<pid>\d+)\..*\.tmp")
@@ -40,7 +44,7 @@ def sweep_stale_temporaries(folder: str | os.PathLike) -> list[str]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    host, removed = socket.gethostname(), []
+    host, removed = _host(), []
     for entry in os.scandir(folder):
         m = _TEMP.match(entry.name)
         if not m or m["host"] != host or _alive(int(m["pid"])):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from conftest import ras_affine, simple_ct, write_nifti
 from run_utils import make_random_run
 
 CLI = [sys.executable, "-m", "screener_plans.cli"]
+HOST = socket.gethostname().replace(".", "_")  # as the temporaries of io_utils name it
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -72,7 +74,7 @@ def test_killed_preprocessing_resumes(data, tmp_path):
                                                                   if not p.name.startswith(".")]) >= 2)
     assert not finished, "preprocessing ended before it could be killed"
     # what a kill in the middle of writing a case folder leaves behind
-    stale = cache / f".case_7.{os.uname().nodename}-{_dead_pid()}.abc.tmp"
+    stale = cache / f".case_7.{HOST}-{_dead_pid()}.abc.tmp"
     stale.mkdir()
     (stale / "image.npy").write_bytes(b"\x93NUMPY half")
     p = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
@@ -101,7 +103,7 @@ def test_killed_prediction_resumes(data, tmp_path):
     cmd = CLI + ["predict", str(run), str(data), str(out), "--device", "cpu"]
     finished = _kill_when(cmd, lambda: (out / "case_0.png").exists())
     assert not finished, "prediction ended before it could be killed"
-    stale = out / f".case_5.nii.gz.{os.uname().nodename}-{_dead_pid()}.xyz.tmp.nii.gz"
+    stale = out / f".case_5.nii.gz.{HOST}-{_dead_pid()}.xyz.tmp.nii.gz"
     stale.write_bytes(b"\x1f\x8b half a gzip stream")
     p = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]

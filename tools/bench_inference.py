@@ -27,8 +27,7 @@ WORKER = r"""
 import json, resource, sys, time
 from pathlib import Path
 import numpy as np, torch
-from monai.data.utils import dense_patch_slices, get_valid_patch_size
-from monai.inferers.utils import _get_scan_interval
+from monai.inferers import sliding_window_inference
 from screener_plans.data.readers import find_cases
 from screener_plans.engines.device import amp_dtype, autocast, resolve_device
 from screener_plans.engines.models import load_scorer
@@ -56,15 +55,16 @@ shape = tuple(ends[0][2]["cache_shape"])
 # bare forward of the three networks over the same windows
 roi = tuple(plans["crop_size"])
 padded = tuple(max(s, r) for s, r in zip(shape, roi))
-interval = _get_scan_interval(padded, roi, 3, (plans["inference"]["overlap"],) * 3)
-slices = dense_patch_slices(padded, roi, interval)
 bs = int(plans["inference"]["sw_batch_size"])
+windows = []  # MONAI's own window grid, counted with a no-op predictor
+sliding_window_inference(torch.zeros((1, 1) + padded), roi, 1, lambda w: windows.append(1) or w,
+                         overlap=plans["inference"]["overlap"], mode=plans["inference"]["blend"])
 scorer = predictor.scorer
 x = torch.rand((bs, 1) + roi, device=device)
 origins = torch.zeros(bs, 3, device=device)
 spacing = torch.ones(bs, 3, device=device)
 dtype = amp_dtype(device, plans["amp"])
-n_batches = -(-len(slices) // bs)
+n_batches = -(-len(windows) // bs)
 times = []
 with torch.no_grad(), autocast(device, dtype):
     scorer(x, origins, spacing)  # warm-up
@@ -80,7 +80,7 @@ with torch.no_grad(), autocast(device, dtype):
 forward = min(times)
 print("RESULT " + json.dumps({
     "end_to_end_s": total, "phases_s": timing, "bare_forward_s": forward, "overhead": total / forward,
-    "windows": len(slices), "sw_batch_size": bs, "cache_shape": list(shape), "crop": list(roi),
+    "windows": len(windows), "sw_batch_size": bs, "cache_shape": list(shape), "crop": list(roi),
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
     "device": str(device), "threads": torch.get_num_threads()}))

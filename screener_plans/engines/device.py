@@ -43,7 +43,7 @@ def autocast(device: torch.device, dtype):
 def channels_last(x):
     """A module or 5D tensor in channels-last 3D layout (in place for modules).
 
-    Convolutions then run as GEMMs over voxels: on CPU 1.3-3x faster training steps and 1.6x
+    Convolutions then run as GEMMs over voxels: on CPU 1.5-1.7x faster training steps and 1.6x
     faster inference for the same numbers up to float reassociation; cuDNN prefers it with AMP.
     """
     if isinstance(x, torch.Tensor):
@@ -53,8 +53,13 @@ def channels_last(x):
     return x.to(memory_format=torch.channels_last_3d)
 
 
+def launch_rank_world() -> tuple[int, int]:
+    """(rank, world size) that torchrun gave this process; (0, 1) when not launched by it."""
+    return int(os.environ.get("RANK", 0)), max(1, int(os.environ.get("WORLD_SIZE", 1)))
+
+
 def is_distributed() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return launch_rank_world()[1] > 1
 
 
 def init_distributed(device: torch.device) -> tuple[int, int]:

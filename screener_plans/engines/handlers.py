@@ -21,7 +21,7 @@ from ignite.engine import Events
 
 from screener_plans.engines.device import is_main_process, unwrap
 from screener_plans.errors import ScreenerError
-from screener_plans.io_utils import atomic_path
+from screener_plans.io_utils import atomic_path, sweep_stale_temporaries
 
 logger = logging.getLogger("screener.train")
 CKPT_RE = re.compile(r"checkpoint_(\d+)\.pt$")
@@ -175,9 +175,8 @@ class ResumeHandler:
         engine.add_event_handler(Events.STARTED, self.load)
 
     def load(self, engine) -> None:
-        if self.save_dir.is_dir() and is_main_process():
-            for stale in self.save_dir.glob(".checkpoint_*"):  # temp files of a killed save
-                stale.unlink(missing_ok=True)
+        if is_main_process():
+            sweep_stale_temporaries(self.save_dir)  # temp files of a killed save
         path = latest_checkpoint(self.save_dir) if self.enabled else None
         if path is None:
             return

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from screener_plans.engines.device import launch_rank_world
 from screener_plans.errors import BadCaseError, ScreenerError
 from screener_plans.io_utils import ensure_writable_dir, sweep_stale_temporaries, write_json
 from screener_plans.progress import Progress
@@ -76,13 +77,6 @@ def calibrate(run_dir, plans: dict | None = None, scorer=None, device="auto", ma
     logger.info("calibrated region threshold %.4g (body-voxel quantile %g over %d training cases)",
                 result["threshold"], quantile, len(chosen))
     return result
-
-
-def shard() -> tuple[int, int]:
-    """(rank, world size) of this process under torchrun; (0, 1) otherwise."""
-    import os
-
-    return int(os.environ.get("RANK", 0)), max(1, int(os.environ.get("WORLD_SIZE", 1)))
 
 
 class Predictor:
@@ -165,7 +159,7 @@ class Predictor:
         if self.threshold is None:
             logger.warning("%s has no calibration.json: region threshold falls back to each scan's 99.9th "
                            "percentile (run `screener calibrate %s`)", self.run_dir, self.run_dir)
-        rank, world = shard()
+        rank, world = launch_rank_world()
         cases, bad = cases[rank::world], bad[rank::world]
         summary = {"done": [], "skipped_existing": [], "errors": [{"path": b.path, "problem": b.reason} for b in bad]}
         if bad and not self.skip_bad:
@@ -252,7 +246,7 @@ def predict(run_dir, input_path, output_dir, device="auto", skip_bad: bool = Tru
 
 def format_summary(summary: dict) -> str:
     """One line per outcome for the console."""
-    if shard()[0] != 0:  # under torchrun every rank holds the merged summary; rank 0 prints it
+    if launch_rank_world()[0] != 0:  # under torchrun every rank holds the merged summary; rank 0 prints it
         return ""
     lines = [f"scored {len(summary['done'])} case(s), {len(summary['skipped_existing'])} already done, "
              f"{len(summary['errors'])} skipped"]

@@ -29,7 +29,6 @@ class ScorerInferer:
         from monai.inferers import sliding_window_inference
 
         device = torch.device(device)
-        layout = channels_last if self.channels_last else (lambda x: x.contiguous() if torch.is_tensor(x) else x)
         if self.channels_last:
             channels_last(scorer)
         image = np.asarray(image, dtype=np.float32)
@@ -45,7 +44,8 @@ class ScorerInferer:
         def predictor(window: torch.Tensor, slices) -> torch.Tensor:
             starts = torch.tensor([[s.start for s in sl[-3:]] for sl in slices], dtype=torch.float32, device=device)
             origins = origin[None] + starts * spc[None]
-            window = layout(window)
+            if self.channels_last:
+                window = channels_last(window)
             with autocast(device, dtype):
                 return scorer(window, origins, spc[None].expand(window.shape[0], 3)).float().contiguous()
 
@@ -55,4 +55,3 @@ class ScorerInferer:
         if any(pad):
             out = out[tuple(slice(0, s - p) for s, p in zip(out.shape, pad))]
         return out
-
