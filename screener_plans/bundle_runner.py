@@ -61,7 +61,7 @@ def run_bundle(name: str, config: str = "train.yaml", **overrides) -> None:
 
 
 def train_stage(run_dir, stage: str, max_steps=None, device=None, condition=None, density=None,
-                resume: bool = True) -> Path:
+                resume: bool = True, features=None, intensity_prior=None) -> Path:
     """Train one stage through its bundle; returns the path of its ``models/model.pt``."""
     if stage not in STAGE_BUNDLES:
         raise ScreenerError(f"--stage must be one of {', '.join(STAGE_BUNDLES)}, got {stage!r}")
@@ -69,7 +69,8 @@ def train_stage(run_dir, stage: str, max_steps=None, device=None, condition=None
     plans_file = run_dir / "plans.json"
     if not plans_file.exists():
         raise ScreenerError(f"{plans_file}: plans file not found (run `screener plan DATA_DIR {run_dir}` first)")
-    extra = {"condition": condition, "density": density} if stage == "density" else {}
+    extra = ({"condition": condition, "density": density, "features": features, "intensity_prior": intensity_prior}
+             if stage == "density" else {})
     run_bundle(STAGE_BUNDLES[stage], plans_file=str(plans_file), output_dir=str(run_dir / stage),
                max_steps=max_steps, device=device, resume=resume, **extra)
     return run_dir / stage / "models" / "model.pt"

@@ -60,12 +60,18 @@ class Screener:
               f"{len(summary['errors'])} failed")
 
     def train(self, run_dir, stage: str = "descriptor", max_steps: int | None = None, device: str | None = None,
-              condition: str | None = None, density: str | None = None, resume: bool = True):
-        """Train one stage (descriptor|condition|density) through its MONAI bundle; resumes by default."""
+              condition: str | None = None, density: str | None = None, resume: bool = True,
+              features: str | None = None, intensity_prior=None):
+        """Train one stage (descriptor|condition|density) through its MONAI bundle; resumes by default.
+
+        Density only: --condition masked|sincos|none, --density gaussian|flow,
+        --features descriptor|intensity|descriptor+intensity, --intensity-prior true|false
+        (defaults: from plans.json).
+        """
         from screener_plans.bundle_runner import train_stage
 
         path = train_stage(run_dir, stage, max_steps=max_steps, device=device, condition=condition,
-                           density=density, resume=resume)
+                           density=density, resume=resume, features=features, intensity_prior=intensity_prior)
         _echo(f"{stage} model: {path}")
 
     def calibrate(self, run_dir, device: str = "auto", max_cases: int = 8):
@@ -94,12 +100,18 @@ class Screener:
 
     def plan_and_train(self, data_dir, run_dir, budget_minutes: float | None = None, device: str = "auto",
                        condition: str | None = None, density: str | None = None, skip_bad: bool = False,
-                       workers: int = 0, set=None):  # noqa: A002
-        """Plan, preprocess, train descriptor, condition and density, calibrate. Re-running resumes."""
+                       workers: int = 0, set=None, features: str | None = None,  # noqa: A002
+                       intensity_prior=None):
+        """Plan, preprocess, train the stages the density needs, calibrate. Re-running resumes.
+
+        --features descriptor|intensity|descriptor+intensity: what the density scores (with
+        intensity alone no descriptor is trained); --intensity-prior true|false: add -log p(HU).
+        """
         from screener_plans.pipeline import plan_and_train
 
         plan_and_train(data_dir, run_dir, budget_minutes=budget_minutes, device=device, condition=condition,
-                       density=density, skip_bad=skip_bad, overrides=set, workers=workers)
+                       density=density, skip_bad=skip_bad, overrides=set, workers=workers, features=features,
+                       intensity_prior=intensity_prior)
         _echo(f"trained run ready: {run_dir}  (next: screener predict {run_dir} INPUT OUTPUT_DIR)")
 
     def demo(self, out_dir="screener_demo", budget_minutes: float = 10.5, cases: int | None = None,

@@ -21,8 +21,12 @@ MAX_STEPS = 200_000
 CALIBRATION_CASES = 4
 
 
-def stages_for(condition: str) -> list[str]:
-    return ["descriptor", "condition", "density"] if condition == "masked" else ["descriptor", "density"]
+def stages_for(condition: str, features: str = "descriptor") -> list[str]:
+    """The stages a density with this condition and these features is trained on, in order."""
+    from screener_plans.engines.models import uses_descriptor
+
+    return ((["descriptor"] if uses_descriptor(features) else []) + (["condition"] if condition == "masked" else [])
+            + ["density"])
 
 
 def stage_started(run_dir: Path, stage: str) -> bool:
@@ -49,11 +53,11 @@ def budget_steps(run_dir: Path, plans: dict, stages: list[str], seconds_left: fl
 
 def plan_and_train(data_dir, run_dir, budget_minutes: float | None = None, device: str = "auto",
                    condition: str | None = None, density: str | None = None, skip_bad: bool = False,
-                   overrides=None, workers: int = 0) -> dict:
+                   overrides=None, workers: int = 0, features: str | None = None, intensity_prior=None) -> dict:
     """Everything from a folder of CTs to a calibrated, trained run; re-running resumes."""
     from screener_plans.bundle_runner import train_stage
     from screener_plans.data.preprocess import preprocess
-    from screener_plans.engines.models import CONDITIONS, DENSITIES, check_choice
+    from screener_plans.engines.models import CONDITIONS, DENSITIES, FEATURES, as_bool, check_choice, density_config
     from screener_plans.inference.predict import calibrate, calibration_path
     from screener_plans.planning.planner import plan
     from screener_plans.planning.plans import load_plans, save_plans
@@ -70,10 +74,16 @@ def plan_and_train(data_dir, run_dir, budget_minutes: float | None = None, devic
         plans["density"]["condition"] = check_choice(condition, CONDITIONS, "condition")
     if density is not None:
         plans["density"]["kind"] = check_choice(density, DENSITIES, "density")
+    if features is not None:
+        plans["density"]["features"] = check_choice(features, FEATURES, "features")
+    if intensity_prior is not None:
+        plans["density"]["intensity_prior"] = as_bool(intensity_prior, "intensity_prior")
+    # a contradictory choice (--intensity-prior true with the descriptor alone) fails before preprocessing
+    density_config(plans, None, None, None, intensity_prior)
     summary = preprocess(run_dir, plans=plans, data_dir=data_dir, workers=workers, skip_bad=skip_bad)
     for e in summary["errors"]:
         logger.warning("skipped %s: %s", e["path"], e["problem"])
-    stages = stages_for(plans["density"]["condition"])
+    stages = stages_for(plans["density"]["condition"], plans["density"]["features"])
     if budget_minutes:
         # keep a share for calibration and for the density stage's first-batch initialisation
         left = budget_minutes * 60 - (time.monotonic() - t0) - 30.0

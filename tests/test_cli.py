@@ -65,3 +65,30 @@ def test_console_script_plans_and_preprocesses(ct_folder, tmp_path):
     assert p.returncode == 0 and "preprocessed 4 case(s)" in p.stderr, p.stderr
     p = subprocess.run(cmd + ["plan", str(tmp_path / "nope"), str(run)], capture_output=True, text=True)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "does not exist" in p.stderr
+
+
+def test_plan_and_train_trains_what_the_density_needs_and_resumes(ct_folder, tmp_path):
+    """`screener plan-and-train` in one line: the tiny default (CT intensity + prior given the
+    masked condition) trains condition and density only, calibrates, and a re-run resumes."""
+    import json
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "screener_plans.cli", "plan-and-train", str(ct_folder), str(run), "--device", "cpu",
+           "--workers", "1", "--set", "crop_size=[16,16,16]", "--set", "spacing=[3.0,3.0,3.0]",
+           "--set", "steps.condition=6", "--set", "steps.density=6", "--set", "checkpoint_every=3",
+           "--set", "pairs_per_crop=32", "--intensity-prior", "true"]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert not (run / "descriptor").exists()
+    for stage in ("condition", "density"):
+        assert (run / stage / "models" / "model.pt").exists()
+    cfg = json.loads((run / "density" / "models" / "density_config.json").read_text())
+    assert (cfg["features"], cfg["intensity_prior"], cfg["condition"]) == ("intensity", True, "masked")
+    assert json.loads((run / "calibration.json").read_text())["threshold"] > 0
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    assert p.returncode == 0 and "condition already trained" in p.stderr and "density already trained" in p.stderr
+    bad = subprocess.run(cmd[:5] + [str(tmp_path / "run2")] + cmd[6:] + ["--features", "descriptor"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "needs the CT intensity among the scored features" in bad.stderr
+    assert not (tmp_path / "run2" / "preprocessed").exists()  # refused before any work

@@ -296,7 +296,7 @@ def test_factory():
     assert isinstance(flow, GlowFlow) and flow.conditional and len(flow.steps) == 3
     assert not build_density("flow", D).conditional
     for bad in [dict(kind="nope"), dict(preset="huge"), dict(n_blocks=2, kind="gaussian"), dict(hiden=3),
-                dict(kind="flow", dim=1), dict(kernel_size=2)]:
+                dict(kind="flow", dim=0), dict(kernel_size=2)]:
         args = {"kind": "flow", "dim": D, "cond_dim": DC, **bad}
         with pytest.raises(ScreenerError):
             build_density(**args)

@@ -146,13 +146,34 @@ def test_condition_is_less_sensitive_to_masking_than_descriptor(tiny_run):
     assert np.mean(ratios_c) < np.mean(ratios_d), (np.mean(ratios_c), np.mean(ratios_d))
 
 
-def test_density_scores_planted_anomaly_above_normal_tissue(tiny_run, tmp_path):
+def _density_run(tiny_run, run, stages):
+    """A run of its own for one density model: plans copied, cache and trained ``stages`` linked."""
+    import shutil
+
+    run.mkdir()
+    shutil.copyfile(tiny_run / "plans.json", run / "plans.json")
+    for name in ["preprocessed", *stages]:
+        (run / name).symlink_to(tiny_run / name)
+    return run
+
+
+@pytest.mark.parametrize("features,density", [("intensity", "gaussian"), ("descriptor", "flow")],
+                         ids=["default-intensity-prior", "paper-descriptor-flow"])
+def test_density_scores_planted_anomaly_above_normal_tissue(tiny_run, tmp_path, features, density):
+    """The tiny preset's default (CT intensity given the masked condition, with the intensity
+    prior; no descriptor in the run at all) and the paper's descriptor + flow both learn."""
     from screener_plans.inference.predict import calibrate, predict
 
-    train_stage(tiny_run, "density", max_steps=40)
-    log = _log(tiny_run, "density")
+    run = _density_run(tiny_run, tmp_path / "run", ["condition"] + (["descriptor"] if features == "descriptor" else []))
+    train_stage(run, "density", max_steps=40, features=features, density=density)
+    cfg = json.loads((run / "density" / "models" / "density_config.json").read_text())
+    assert (cfg["features"], cfg["density"], cfg["intensity_prior"]) == (features, density, features == "intensity")
+    if features == "intensity":  # the prior's histogram was fitted on the cache and saved with the weights
+        table = torch.load(run / "density" / "models" / "model.pt")["neg_log_prob"]
+        assert table.numel() > 100 and float(table.min()) > 0 and float(table.std()) > 0.5
+    log = _log(run, "density")
     assert log[-1]["loss"] < log[0]["loss"]
-    calibrate(tiny_run, device="cpu", max_cases=2)
+    calibrate(run, device="cpu", max_cases=2)
     ph = make_phantom(404, lesions=False, shape=(96, 96, 48), spacing=(3.0, 3.0, 4.0))
     clean = ph.hu.astype(np.float32)
     # plant a gas-filled ball (an abscess-like finding) inside the liver
@@ -168,7 +189,7 @@ def test_density_scores_planted_anomaly_above_normal_tissue(tiny_run, tmp_path):
     inp.mkdir()
     for name, hu in (("clean", clean), ("planted", planted)):
         nib.save(nib.Nifti1Image(hu.astype(np.int16), ph.affine), str(inp / f"{name}.nii.gz"))
-    summary = predict(tiny_run, inp, tmp_path / "out", device="cpu", progress=False)
+    summary = predict(run, inp, tmp_path / "out", device="cpu", progress=False)
     assert sorted(d["case"] for d in summary["done"]) == ["clean", "planted"]
     maps = {n: np.asarray(nib.load(str(tmp_path / "out" / f"{n}.nii.gz")).dataobj) for n in ("clean", "planted")}
     assert maps["planted"].shape == clean.shape

@@ -56,7 +56,7 @@ def env(tmp_path_factory, one_thread):
     plans = plan(data, root / "planned", device="cpu", workers=1, progress=False,
                  overrides={"crop_size": [16, 16, 16], "spacing": [4.0, 4.0, 4.0], "inference.sw_batch_size": 4})
     masked = _make_run(root, plans, "masked", "flow")
-    sincos = _make_run(root, plans, "sincos", "gaussian")
+    sincos = _make_run(root, plans, "sincos", "gaussian", features="descriptor")  # the paper's descriptor path
     zoo = root / "zoo"
     publish(masked, zoo, "chest", "0.1.0", changelog="first")
     publish(masked, zoo, "chest", "0.2.0", changelog="second")

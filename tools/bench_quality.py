@@ -32,11 +32,44 @@ from pathlib import Path
 BASELINES = ("intensity", "autoencoder")
 CONDITIONS = ("none", "sincos", "masked")
 DENSITIES = ("gaussian", "flow")
-SCREENER = tuple(f"{c}_{d}" for d in DENSITIES for c in CONDITIONS)
+# Screener variants are CONDITION_DENSITY[_FEATURES][_prior]: the paper's grid scores the
+# descriptor (no suffix); "_intensity" / "_both" score the CT intensity / descriptor + intensity;
+# "_prior" adds the intensity prior.
+FEATURE_TAGS = {"descriptor": "", "intensity": "_intensity", "descriptor+intensity": "_both"}
+PAPER_GRID = tuple(f"{c}_{d}" for d in DENSITIES for c in CONDITIONS)  # Table 3
+SCREENER = PAPER_GRID + tuple(f"{c}_{d}{tag}{prior}" for tag in ("_intensity", "_both") for prior in ("", "_prior")
+                              for d in DENSITIES for c in CONDITIONS)
 VARIANTS = BASELINES + SCREENER  # table row order
+# run when --only is not given: the baselines, the paper's grid, and the intensity rows that
+# isolate the scored features, the prior and the condition
+STANDARD = BASELINES + PAPER_GRID + ("masked_gaussian_intensity", "none_gaussian_intensity_prior",
+                                     "sincos_gaussian_intensity_prior", "masked_gaussian_intensity_prior",
+                                     "masked_flow_both_prior")
 LABELS = {"intensity": "Intensity baseline, -log p(HU)", "autoencoder": "Autoencoder baseline, L1 reconstruction error"}
 COND_NAMES = {"none": "none", "sincos": "sin-cos pos.", "masked": "masking-equiv."}
 DENS_NAMES = {"gaussian": "Gaussian", "flow": "norm. flow"}
+FEAT_NAMES = {"descriptor": "descriptor", "intensity": "CT intensity", "descriptor+intensity": "descriptor + CT intensity"}
+
+
+def variant_name(condition: str, density: str, features: str = "descriptor", prior: bool = False) -> str:
+    return f"{condition}_{density}{FEATURE_TAGS[features]}" + ("_prior" if prior else "")
+
+
+def parse_variant(variant: str) -> tuple[str, str, str, bool]:
+    """(condition, density, features, intensity prior) of a Screener variant name."""
+    parts = variant.split("_")
+    prior = parts[-1] == "prior"
+    parts = parts[:-1] if prior else parts
+    tag = "_" + parts[2] if len(parts) > 2 else ""
+    features = next(f for f, t in FEATURE_TAGS.items() if t == tag)
+    return parts[0], parts[1], features, prior
+
+
+def default_variant(plans: dict) -> str:
+    from screener_plans.engines.models import density_config
+
+    cfg = density_config(plans, None, None)
+    return variant_name(cfg["condition"], cfg["density"], cfg["features"], cfg["intensity_prior"])
 METRICS = (("auroc", "AUROC"), ("auroc_fpr03", "AUROC@FPR0.3"), ("aupro_fpr03", "AUPRO@FPR0.3"))
 TARGET = {"auroc": 0.95, "aupro_fpr03": 0.70, "train_minutes": 30.0}
 
@@ -182,10 +215,15 @@ def upstream(variant: str, base: Path) -> list[Path]:
     """The shared model files a variant's own model was made from."""
     if variant in BASELINES:
         return []
-    files = [base / "descriptor" / "models" / "model.pt"]
-    if variant.startswith("masked_"):
-        files.append(base / "condition" / "models" / "model.pt")
-    return files
+    return [base / stage / "models" / "model.pt" for stage in shared_stages(variant)]
+
+
+def shared_stages(variant: str) -> list[str]:
+    """The shared stages (descriptor, condition) a Screener variant's density is trained on."""
+    from screener_plans.pipeline import stages_for
+
+    condition, _, features, _ = parse_variant(variant)
+    return [s for s in stages_for(condition, features) if s != "density"]
 
 
 def variant_model(variant: str, vrun: Path) -> Path:
@@ -224,10 +262,11 @@ def train_variant(variant: str, vrun: Path, plans: dict, args, timings: Timings)
         timings.run(key, lambda: train_autoencoder(vrun, plans, args.ae_steps, device=args.device, seed=plans["seed"]),
                     steps=args.ae_steps)
     else:
-        condition, density = variant.split("_")
+        condition, density, features, prior = parse_variant(variant)
         log(f"training the density model of {variant}: {args.density_steps} steps")
         timings.run(key, lambda: train_stage(vrun, "density", max_steps=args.density_steps, device=args.device,
-                                             condition=condition, density=density), steps=args.density_steps)
+                                             condition=condition, density=density, features=features,
+                                             intensity_prior=prior), steps=args.density_steps)
 
 
 def load_variant_scorer(variant: str, vrun: Path, plans: dict):
@@ -284,7 +323,7 @@ def train_minutes(variant: str, timings: Timings) -> float | None:
     if variant in BASELINES:
         keys = [variant]
     else:
-        keys = ["descriptor"] + (["condition"] if variant.startswith("masked_") else []) + [f"density/{variant}"]
+        keys = shared_stages(variant) + [f"density/{variant}"]
     entries = [timings.get(k) for k in keys]
     if any(e is None or not e.get("complete") for e in entries):
         return None
@@ -322,30 +361,30 @@ def fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def row_names(variant: str, default: str) -> tuple[str, str, str]:
+def row_names(variant: str, default: str) -> tuple[str, str, str, str]:
     if variant in BASELINES:
-        return LABELS[variant], "-", "-"
-    condition, density = variant.split("_")
+        return LABELS[variant], "-", "-", "-"
+    condition, density, features, prior = parse_variant(variant)
     name = "**Screener (default)**" if variant == default else "Screener"
-    return name, COND_NAMES[condition], DENS_NAMES[density]
+    return name, FEAT_NAMES[features] + (" + prior" if prior else ""), COND_NAMES[condition], DENS_NAMES[density]
 
 
 def tables(rows: list[dict], default: str) -> str:
-    lines = ["| model | condition | density | AUROC | AUROC@FPR0.3 | AUPRO@FPR0.3 | training min |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | scored features | condition | density | AUROC | AUROC@FPR0.3 | AUPRO@FPR0.3 | training min |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        name, cond, dens = row_names(r["variant"], default)
-        lines.append(f"| {name} | {cond} | {dens} | " + " | ".join(fmt(r["metrics"].get(k)) for k, _ in METRICS)
+        name, feats, cond, dens = row_names(r["variant"], default)
+        lines.append(f"| {name} | {feats} | {cond} | {dens} | " + " | ".join(fmt(r["metrics"].get(k)) for k, _ in METRICS)
                      + f" | {fmt(r['train_minutes'], 1)} |")
     kinds = sorted({k for r in rows for k in r["per_kind"]})
     if kinds:
         counts = {k: max(r["per_kind"][k]["n_cases"] for r in rows if k in r["per_kind"]) for k in kinds}
         lines += ["", "Mean per-case AUROC over the test cases that hold each lesion kind (cases):", "",
-                  "| model | condition | density | " + " | ".join(f"{k} ({counts[k]})" for k in kinds) + " |",
-                  "|---|---|---|" + "---|" * len(kinds)]
+                  "| model | scored features | condition | density | " + " | ".join(f"{k} ({counts[k]})" for k in kinds)
+                  + " |", "|---|---|---|---|" + "---|" * len(kinds)]
         for r in rows:
-            name, cond, dens = row_names(r["variant"], default)
-            lines.append(f"| {name} | {cond} | {dens} | "
+            name, feats, cond, dens = row_names(r["variant"], default)
+            lines.append(f"| {name} | {feats} | {cond} | {dens} | "
                          + " | ".join(fmt(r["per_kind"].get(k, {}).get("mean_case_auroc")) for k in kinds) + " |")
     return "\n".join(lines)
 
@@ -387,7 +426,7 @@ def stage_line(timings: Timings) -> str:
 def write_report(args, plans: dict, data: Path, rows: list[dict], timings: Timings, command: str) -> str:
     from screener_plans.io_utils import write_json, write_text
 
-    default = f"{plans['density']['condition']}_{plans['density']['kind']}"
+    default = default_variant(plans)
     meta = json.loads((data / "dataset.json").read_text())
     check = target_check(rows, default)
     table = tables(rows, default)
@@ -422,7 +461,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--ae-steps", type=int, default=DEFAULT_STEPS["autoencoder"])
     ap.add_argument("--calibrate-cases", type=int, default=2,
                     help="training scans for the region threshold (it does not change the metrics)")
-    ap.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(VARIANTS)}")
+    ap.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(VARIANTS)} (default: "
+                                                 f"{','.join(STANDARD)})")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     if args.only:
@@ -432,7 +472,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             ap.error(f"--only: unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
         args.only = [v for v in VARIANTS if v in chosen]
     else:
-        args.only = list(VARIANTS)
+        args.only = list(STANDARD)
     for key, least in (("descriptor_steps", 3), ("condition_steps", 3), ("density_steps", 3), ("ae_steps", 1),
                        ("cases", 4), ("calibrate_cases", 1)):
         if getattr(args, key) < least:  # the bundles' one-cycle schedule needs three steps
@@ -462,7 +502,7 @@ def main(argv=None) -> int:
         data = make_data(args)
         base, plans = prepare_base(args, data, timings)
         masks = write_body_masks(data / "test" / "images", args.out / "body_masks")
-        default = f"{plans['density']['condition']}_{plans['density']['kind']}"
+        default = default_variant(plans)
         kinds = kinds_by_case(data)
         results = {}
         for variant in execution_order(args.only, default):
@@ -470,12 +510,10 @@ def main(argv=None) -> int:
             if variant in BASELINES:
                 link_run(vrun, base, ["preprocessed"])
             else:
-                train_shared("descriptor", base, args.descriptor_steps, args, timings)
-                links = ["preprocessed", "descriptor"]
-                if variant.startswith("masked_"):
-                    train_shared("condition", base, args.condition_steps, args, timings)
-                    links.append("condition")
-                link_run(vrun, base, links)
+                stages = shared_stages(variant)
+                for stage in stages:
+                    train_shared(stage, base, getattr(args, f"{stage}_steps"), args, timings)
+                link_run(vrun, base, ["preprocessed"] + stages)
             train_variant(variant, vrun, plans, args, timings)
             preds = predict_variant(variant, vrun, plans, data, args, timings)
             results[variant] = evaluate_variant(variant, preds, data, masks, args.out)

@@ -11,6 +11,7 @@ from .base import LOG_2PI, DensityModel
 from .flow import GlowFlow
 from .flow_layers import ActNorm, AffineCoupling, InvConv1x1
 from .gaussian import ConditionalGaussian, DiagonalGaussian
+from .prior import IntensityPrior
 
 __all__ = [
     "DENSITY_PRESETS",
@@ -21,6 +22,7 @@ __all__ = [
     "DensityModel",
     "DiagonalGaussian",
     "GlowFlow",
+    "IntensityPrior",
     "InvConv1x1",
     "build_density",
 ]

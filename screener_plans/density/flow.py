@@ -29,8 +29,6 @@ class GlowFlow(DensityModel):
     ):
         self.conditional = cond_dim > 0
         super().__init__(dim, cond_dim)
-        if dim < 2:
-            raise ValueError(f"GlowFlow needs dim >= 2 (coupling splits channels), got {dim}")
         if n_blocks < 1:
             raise ValueError(f"n_blocks must be >= 1, got {n_blocks}")
         self.steps = nn.ModuleList(

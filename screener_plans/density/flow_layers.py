@@ -94,6 +94,8 @@ class AffineCoupling(nn.Module):
     x_a is the first ``dim // 2`` channels and passes through unchanged. The condition enters
     the net's first layer next to x_a (equivalent to concatenating them), via a conv of
     ``kernel_size`` on c and a 1x1x1 conv on x_a. The last layer starts at zero (identity).
+    With ``dim == 1`` x_a is empty: (s, t) come from c alone (a learned constant if marginal),
+    so the flow is a stack of per-voxel affine maps, i.e. a (conditional) Gaussian.
     """
 
     def __init__(self, dim: int, cond_dim: int = 0, hidden: int = 64, kernel_size: int = 1, clamp: float = 2.0):
@@ -101,7 +103,8 @@ class AffineCoupling(nn.Module):
         check_kernel_size(kernel_size)
         self.clamp = float(clamp)
         self.split = dim // 2
-        self.in_x = nn.Conv3d(self.split, hidden, 1)
+        self.in_x = nn.Conv3d(self.split, hidden, 1) if self.split > 0 else None
+        self.hidden = int(hidden)
         self.in_c = (
             nn.Conv3d(cond_dim, hidden, kernel_size, padding=kernel_size // 2, padding_mode="replicate", bias=False)
             if cond_dim > 0
@@ -113,9 +116,14 @@ class AffineCoupling(nn.Module):
         nn.init.zeros_(self.body[-1].bias)
 
     def _scale_shift(self, x_a: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
-        h = self.in_x(x_a)
-        if self.in_c is not None:
-            h = h + self.in_c(c)
+        if self.in_x is not None:
+            h = self.in_x(x_a)
+            if self.in_c is not None:
+                h = h + self.in_c(c)
+        elif self.in_c is not None:
+            h = self.in_c(c)
+        else:
+            h = x_a.new_zeros((x_a.shape[0], self.hidden) + tuple(x_a.shape[2:]))
         s, t = self.body(h).chunk(2, dim=1)
         return soft_bound(s, self.clamp), t
 

@@ -13,10 +13,18 @@ from screener_plans.engines.models import Scorer, build_density_model, build_fea
 from screener_plans.engines.steps import NonFiniteGuard, optimizer_step
 
 
-def build_density_scorer(run_dir, plans: dict, condition=None, density=None) -> Scorer:
-    """Frozen features of a run + a fresh density model, chosen by ``--condition``/``--density``."""
-    cfg = density_config(plans, condition, density)
-    scorer = channels_last(Scorer(build_features(run_dir, plans, cfg), build_density_model(cfg)))
+def build_density_scorer(run_dir, plans: dict, condition=None, density=None, features=None,
+                         intensity_prior=None) -> Scorer:
+    """Frozen features of a run + a fresh density model, chosen by ``--condition``/``--density``/
+    ``--features``/``--intensity_prior``; an intensity prior's histogram is fitted here, from the
+    run's preprocessed training cases."""
+    from screener_plans.baselines import IntensityBaseline
+
+    cfg = density_config(plans, condition, density, features, intensity_prior)
+    model = build_density_model(cfg)
+    if cfg["intensity_prior"]:
+        model.set_table(IntensityBaseline.fit(run_dir, plans).neg_log_prob)
+    scorer = channels_last(Scorer(build_features(run_dir, plans, cfg), model))
     scorer.config = cfg
     return scorer
 
@@ -40,7 +48,9 @@ class DensityIteration:
         scorer.density.train()
         with torch.no_grad(), autocast(device, amp_dtype(device, self.amp)):
             y, c = scorer.features(image, origin, spacing)
-        nll = scorer.density(y.float(), c.float() if c.shape[1] else None)
+        # an intensity prior is a fixed term: only the density model under it is fitted
+        density = getattr(scorer.density, "trainable", scorer.density)
+        nll = density(y.float(), c.float() if c.shape[1] else None)
         loss = nll.mean()
         engine.state.output = {"loss": loss.detach()}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)

@@ -13,6 +13,10 @@ from screener_plans.io_utils import write_json
 
 CONDITIONS = ("masked", "sincos", "none")
 DENSITIES = ("gaussian", "flow")
+# What the density model scores: the learned descriptor (the paper), the voxel's own CT
+# intensity (window-scaled), or both side by side.
+FEATURES = ("descriptor", "intensity", "descriptor+intensity")
+INTENSITY_CHANNELS = 1
 
 
 def model_path(run_dir, stage: str) -> Path:
@@ -61,27 +65,56 @@ def check_choice(value, choices, key: str) -> str:
     return value
 
 
-class FeatureExtractor(nn.Module):
-    """Frozen descriptor and (optional) condition for a batch of preprocessed crops.
+def intensity_channels(image: torch.Tensor) -> torch.Tensor:
+    """(B, 1, X, Y, Z) window-scaled crop -> its intensity feature, float32 (B, 1, X, Y, Z).
 
-    ``forward(image (B,1,X,Y,Z), origin_mm (B,3), spacing (B,3)) -> (y, c)``; ``c`` is an empty
-    tensor when there is no condition. The masked condition model sees the whole crop at
-    inference (mask channel all zeros); sin-cos encodes absolute positions in the scan.
+    The voxel's own value. A 3x3x3 local mean as a second channel was measured too (quality
+    benchmark, masked condition, Gaussian): same AUROC within noise, lower with the prior.
+    """
+    return image.float()
+
+
+def uses_descriptor(features: str) -> bool:
+    return features in ("descriptor", "descriptor+intensity")
+
+
+class FeatureExtractor(nn.Module):
+    """Frozen features (what the density scores) and condition for a batch of preprocessed crops.
+
+    ``forward(image (B,1,X,Y,Z), origin_mm (B,3), spacing (B,3)) -> (y, c)``. ``y`` is the
+    descriptor, the intensity channels, or both (``features``); ``c`` is an empty tensor when
+    there is no condition. The masked condition model sees the whole crop at inference (mask
+    channel all zeros); sin-cos encodes absolute positions in the scan.
     """
 
-    def __init__(self, descriptor: nn.Module, condition_kind: str = "none", condition: nn.Module | None = None,
-                 cond_dim: int = 0):
+    def __init__(self, descriptor: nn.Module | None, condition_kind: str = "none", condition: nn.Module | None = None,
+                 cond_dim: int = 0, features: str = "descriptor"):
         super().__init__()
         from screener_plans.nets import SinCosCondition
 
-        self.descriptor = descriptor
+        check_choice(features, FEATURES, "features")
+        if uses_descriptor(features) and descriptor is None:
+            raise ScreenerError(f"features {features!r} need a descriptor model")
+        self.features = features
+        self.descriptor = descriptor if uses_descriptor(features) else None
+        self.intensity = features != "descriptor"
         self.condition_kind = condition_kind
         self.condition = condition if condition_kind == "masked" else None
         self.sincos = SinCosCondition(cond_dim) if condition_kind == "sincos" else None
         self.cond_dim = cond_dim if condition_kind != "none" else 0
 
+    def describe(self, image: torch.Tensor) -> torch.Tensor:
+        """The scored features ``y`` (B, dim, X, Y, Z) of a crop."""
+        parts = []
+        if self.descriptor is not None:
+            parts.append(self.descriptor(image))
+        if self.intensity:
+            # float32 even under autocast: the intensity prior bins these values per HU
+            parts = [p.float() for p in parts] + [intensity_channels(image)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
     def forward(self, image: torch.Tensor, origin_mm: torch.Tensor, spacing: torch.Tensor):
-        y = self.descriptor(image)
+        y = self.describe(image)
         if self.condition is not None:
             c = self.condition(torch.cat([image, torch.zeros_like(image)], dim=1))
         elif self.sincos is not None:
@@ -104,25 +137,84 @@ class Scorer(nn.Module):
         return nll[:, None]
 
 
-def density_config(plans: dict, condition: str | None, density: str | None) -> dict:
-    """The density stage's choices: condition kind, density kind and sizes."""
-    condition = check_choice(condition or plans["density"]["condition"], CONDITIONS, "condition")
-    density = check_choice(density or plans["density"]["kind"], DENSITIES, "density")
+def density_config(plans: dict, condition: str | None, density: str | None, features: str | None = None,
+                   intensity_prior=None) -> dict:
+    """The density stage's choices: condition kind, density kind, features, intensity prior, sizes.
+
+    Plans written before ``density.features`` / ``density.intensity_prior`` existed score the
+    descriptor alone, as they did then. The plans' prior applies where the features hold the
+    intensity it needs; asking for it explicitly with the descriptor alone is an error.
+    """
+    d = plans["density"]
+    condition = check_choice(condition or d["condition"], CONDITIONS, "condition")
+    density = check_choice(density or d["kind"], DENSITIES, "density")
+    features = check_choice(features or d.get("features", "descriptor"), FEATURES, "features")
+    if intensity_prior is None:
+        prior = bool(d.get("intensity_prior", False)) and features != "descriptor"
+    else:
+        prior = as_bool(intensity_prior, "intensity_prior")
+    if prior and features == "descriptor":
+        raise ScreenerError("--intensity_prior needs the CT intensity among the scored features "
+                            "(--features intensity or descriptor+intensity)")
     cond_dim = 0 if condition == "none" else int(plans["network"]["d_cond"])
-    return {"condition": condition, "density": density, "dim": int(plans["network"]["d_desc"]),
-            "cond_dim": cond_dim, "preset": plans["preset"]}
+    d_desc = int(plans["network"]["d_desc"]) if uses_descriptor(features) else 0
+    dim = d_desc + (INTENSITY_CHANNELS if features != "descriptor" else 0)
+    cfg = {"condition": condition, "density": density, "features": features, "dim": dim,
+           "cond_dim": cond_dim, "preset": plans["preset"], "intensity_prior": prior}
+    if prior:
+        lo, hi = plans["intensity"]["window"]
+        # the raw intensity is the first channel after the descriptor's; one bin per HU
+        cfg.update(prior_channel=d_desc, prior_bins=max(1, int(round(hi - lo))))
+    return cfg
+
+
+def as_bool(value, key: str) -> bool:
+    """A yes/no option from a CLI, bundle override or JSON (``True``, ``"false"``, ``0`` ...)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", "none", ""):
+        return False
+    raise ScreenerError(f"--{key} must be true or false, got {value!r}")
+
+
+def scorer_features(cfg: dict) -> str:
+    """``features`` of a saved density config; configs from before the option scored the descriptor."""
+    return cfg.get("features", "descriptor")
+
+
+def feature_extractor(cfg: dict, descriptor: nn.Module | None, condition: nn.Module | None) -> FeatureExtractor:
+    """The ``FeatureExtractor`` a density config ``cfg`` describes, around the given networks."""
+    return FeatureExtractor(descriptor, cfg["condition"], condition, cfg["cond_dim"], scorer_features(cfg))
 
 
 def build_density_model(cfg: dict) -> nn.Module:
-    from screener_plans.density import build_density
+    """The density model ``cfg`` describes; with ``intensity_prior`` wrapped in ``IntensityPrior``
+    (its histogram still empty: fitted by the density stage, or loaded with the weights)."""
+    from screener_plans.density import IntensityPrior, build_density
 
-    return build_density(cfg["density"], cfg["dim"], cfg["cond_dim"], preset=cfg["preset"])
+    model = build_density(cfg["density"], cfg["dim"], cfg["cond_dim"], preset=cfg["preset"])
+    if cfg.get("intensity_prior"):
+        model = IntensityPrior(model, cfg["prior_bins"], cfg["prior_channel"])
+    return model
 
 
 def build_features(run_dir, plans: dict, cfg: dict) -> FeatureExtractor:
-    descriptor = load_stage_network(run_dir, plans, "descriptor")
+    """Frozen trained features of a run: only the stages ``cfg`` uses are loaded."""
+    descriptor = load_stage_network(run_dir, plans, "descriptor") if uses_descriptor(scorer_features(cfg)) else None
     condition = load_stage_network(run_dir, plans, "condition") if cfg["condition"] == "masked" else None
-    return freeze(FeatureExtractor(descriptor, cfg["condition"], condition, cfg["cond_dim"]))
+    return freeze(feature_extractor(cfg, descriptor, condition))
+
+
+def build_untrained_features(plans: dict, cfg: dict) -> FeatureExtractor:
+    """Features with freshly initialised networks (architecture of ``plans``), for timing and loading."""
+    from screener_plans.engines.ssl import build_stage_network
+
+    descriptor = build_stage_network(plans, "descriptor") if uses_descriptor(scorer_features(cfg)) else None
+    condition = build_stage_network(plans, "condition") if cfg["condition"] == "masked" else None
+    return feature_extractor(cfg, descriptor, condition)
 
 
 def density_config_path(run_dir) -> Path:

@@ -36,12 +36,10 @@ def _ssl_step_fn(run_dir, plans, stage, device):
 
 def _density_step_fn(run_dir, plans, device):
     from screener_plans.data.dataset import CropDataset
-    from screener_plans.engines.models import FeatureExtractor, Scorer, build_density_model, density_config, freeze
-    from screener_plans.engines.ssl import build_stage_network
+    from screener_plans.engines.models import Scorer, build_density_model, build_untrained_features, density_config, freeze
 
     cfg = density_config(plans, None, None)
-    cond = build_stage_network(plans, "condition") if cfg["condition"] == "masked" else None
-    feats = freeze(FeatureExtractor(build_stage_network(plans, "descriptor"), cfg["condition"], cond, cfg["cond_dim"]))
+    feats = freeze(build_untrained_features(plans, cfg))
     scorer = Scorer(feats, build_density_model(cfg)).to(device)
     opt = torch.optim.AdamW(scorer.density.parameters(), lr=1e-5)
     b = plans["density"]["batch_size"]

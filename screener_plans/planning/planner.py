@@ -27,12 +27,18 @@ PRESET_PLANS = {
         "d_desc": 32, "d_cond": 24,
         "steps": {"descriptor": 800, "condition": 800, "density": 400},
         "density_batch": 4, "checkpoint_every": 100,
+        # Measured best on the quality benchmark (tools/bench_quality.py, README): a tiny descriptor
+        # trained for minutes scores worse than the voxel's own intensity given the masked
+        # condition, with the marginal intensity prior on top; no descriptor stage is trained.
+        "density": {"kind": "gaussian", "condition": "masked", "features": "intensity", "intensity_prior": True},
     },
     "base": {
         "max_crop": 96, "min_spacing": 1.0, "batch_size": 8, "pairs_per_crop": 1024, "lr": 3e-4,
         "d_desc": 32, "d_cond": 36,
         "steps": {"descriptor": 50000, "condition": 50000, "density": 20000},
         "density_batch": 8, "checkpoint_every": 1000,
+        # The paper's configuration (VICReg descriptor, masked condition, conditional flow).
+        "density": {"kind": "flow", "condition": "masked", "features": "descriptor", "intensity_prior": False},
     },
 }
 
@@ -187,7 +193,7 @@ def derive_plans(fingerprint: dict, device: str, memory_gb: float, preset: str |
         "optim": {"lr": knobs["lr"], "weight_decay": 1e-6, "grad_clip": 1.0, "warmup_fraction": 0.05},
         "steps": dict(knobs["steps"]),
         "checkpoint_every": int(knobs["checkpoint_every"]),
-        "density": {"kind": "flow", "condition": "masked", "batch_size": int(knobs["density_batch"])},
+        "density": {**knobs["density"], "batch_size": int(knobs["density_batch"])},
         "inference": {"overlap": 0.25, "blend": "gaussian", "sw_batch_size": 2 if device == "cpu" else 4,
                       "region_threshold_quantile": 0.999},
         "dataset": {

@@ -91,6 +91,9 @@ SCHEMA = {
     "checkpoint_every": (_pos_int, "a positive integer"),
     "density.kind": (lambda v: v in ("gaussian", "flow"), "'gaussian' or 'flow'"),
     "density.condition": (lambda v: v in ("masked", "sincos", "none"), "'masked', 'sincos' or 'none'"),
+    "density.features": (lambda v: v in ("descriptor", "intensity", "descriptor+intensity"),
+                         "'descriptor', 'intensity' or 'descriptor+intensity'"),
+    "density.intensity_prior": (lambda v: isinstance(v, bool), "true or false"),
     "density.batch_size": (_pos_int, "a positive integer"),
     "inference.overlap": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
     "inference.blend": (lambda v: v in ("gaussian", "constant"), "'gaussian' or 'constant'"),
@@ -127,6 +130,8 @@ DEFAULTS = {
     "augment.contrast": 0.05,
     "augment.blur_sigma": 0.7,
     "network.windows_hu": [],
+    "density.features": "descriptor",
+    "density.intensity_prior": False,
 }
 
 

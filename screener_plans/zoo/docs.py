@@ -23,6 +23,16 @@ def model_card(meta: dict, plans: dict, calibration: dict | None) -> str:
     condition = {"masked": f"masking-invariant dense UNet ({cfg['cond_dim']} channels)",
                  "sincos": f"sin-cos encoding of each voxel's absolute position ({cfg['cond_dim']} channels)",
                  "none": "none (marginal density)"}.get(cfg["condition"], cfg["condition"])
+    features = cfg.get("features", "descriptor")
+    descriptor = (f"dense 3D UNet ({plans['preset']} preset, {plans['network']['d_desc']} channels), trained with "
+                  f"{plans['loss']['kind']} on positive voxel pairs from overlapping crops")
+    scored = {"descriptor": f"- descriptor: {descriptor}",
+              "intensity": "- scored features: each voxel's CT intensity (window-scaled); no descriptor network",
+              "descriptor+intensity": f"- scored features: descriptor ({descriptor}) and each voxel's CT intensity "
+                                      "(window-scaled)"}[features]
+    if cfg.get("intensity_prior"):
+        scored += ("\n- intensity prior: -log p(HU) of each voxel under the training scans' body-voxel intensity "
+                   "histogram is added to the density's NLL")
     return f"""# {name} v{version}
 
 A trained Screener model for unsupervised pathology screening in 3D CT,
@@ -31,8 +41,7 @@ its context; no labels were used in training. **Research use only; not for clini
 
 ## Model
 
-- descriptor: dense 3D UNet ({plans['preset']} preset, {plans['network']['d_desc']} channels), trained with
-  {plans['loss']['kind']} on positive voxel pairs from overlapping crops
+{scored}
 - condition: {condition}
 - density: {cfg['density']}; its per-voxel negative log-likelihood (NLL) is the anomaly score
 - weights: `models/model.pt` (the three stages as one state dict), configuration in

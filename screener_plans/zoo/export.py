@@ -74,7 +74,7 @@ class PatchScorer(nn.Module):
             unused = patch.new_zeros((patch.shape[0], 3))  # positions matter only to sin-cos
             y, c = self.features(image, unused, unused)
         else:
-            y = self.features.descriptor(image)
+            y = self.features.describe(image)
             c = self.sincos_from_coords(patch[:, 1:4])
         nll = self.density(y.float(), c.float() if self.features.cond_dim > 0 else None)
         return nll[:, None]

@@ -55,13 +55,9 @@ def read_scorer_config(root) -> dict:
 
 def build_scorer(plans: dict, cfg: dict):
     """An untrained ``Scorer`` with the architecture of ``plans`` and the scorer config ``cfg``."""
-    from screener_plans.engines.models import FeatureExtractor, Scorer, build_density_model
-    from screener_plans.engines.ssl import build_stage_network
+    from screener_plans.engines.models import Scorer, build_density_model, build_untrained_features
 
-    descriptor = build_stage_network(plans, "descriptor")
-    condition = build_stage_network(plans, "condition") if cfg["condition"] == "masked" else None
-    features = FeatureExtractor(descriptor, cfg["condition"], condition, cfg["cond_dim"])
-    return Scorer(features, build_density_model(cfg))
+    return Scorer(build_untrained_features(plans, cfg), build_density_model(cfg))
 
 
 def load_bundle_scorer(bundle_dir, plans: dict):
