@@ -32,6 +32,7 @@ from screener_plans.data.readers import find_cases
 from screener_plans.engines.device import amp_dtype, autocast, resolve_device
 from screener_plans.engines.models import load_scorer
 from screener_plans.inference.predict import Predictor, load_threshold
+from screener_plans.memory import peak_rss_mb
 from screener_plans.planning.plans import load_plans
 
 run, scan, out, device, repeats = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], int(sys.argv[5])
@@ -81,7 +82,7 @@ forward = min(times)
 print("RESULT " + json.dumps({
     "end_to_end_s": total, "phases_s": timing, "bare_forward_s": forward, "overhead": total / forward,
     "windows": len(windows), "sw_batch_size": bs, "cache_shape": list(shape), "crop": list(roi),
-    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "peak_rss_mb": peak_rss_mb(),
     "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
     "device": str(device), "threads": torch.get_num_threads()}))
 """

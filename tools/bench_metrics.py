@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 
 import numpy as np
@@ -22,7 +21,9 @@ from screener_plans.metrics import DEFAULT_BINS, ScoreRange, VoxelMetricAccumula
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    from screener_plans.memory import peak_rss_mb
+
+    return peak_rss_mb()
 
 
 def synthetic_volume(seed: int, side: int, lesions: int = 20) -> tuple[np.ndarray, np.ndarray]:

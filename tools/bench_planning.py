@@ -31,7 +31,8 @@ def run_subset(data: Path, n: int, work: Path, workers: int) -> dict:
     run = work / f"run_{n}"
     shutil.rmtree(run, ignore_errors=True)
     code = f"""
-import json, resource, time, sys
+import json, time, sys
+from screener_plans.memory import peak_rss_mb
 from screener_plans.planning.planner import plan
 from screener_plans.data.preprocess import preprocess
 t0 = time.perf_counter()
@@ -41,7 +42,7 @@ s = preprocess({str(run)!r}, workers={workers}, progress=False)
 t2 = time.perf_counter()
 fp = json.load(open({str(run / "fingerprint.json")!r}))
 print(json.dumps({{"plan_s": t1 - t0, "preprocess_s": t2 - t1, "done": s["done"],
-                  "main_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "main_rss_mb": peak_rss_mb(),
                   "worker_rss_mb": max(fp["worker_peak_rss_mb"], s["worker_peak_rss_mb"])}}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

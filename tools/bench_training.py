@@ -17,10 +17,11 @@ import sys
 from pathlib import Path
 
 RUNNER = """
-import resource, sys
+import sys
 from screener_plans.cli import main
+from screener_plans.memory import peak_rss_mb
 code = main(sys.argv[1:])
-print("PEAK_RSS_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)
+print("PEAK_RSS_MB", peak_rss_mb(), file=sys.stderr)
 import torch
 if torch.cuda.is_available():
     print("PEAK_GPU_MB", torch.cuda.max_memory_allocated() / 2**20, file=sys.stderr)

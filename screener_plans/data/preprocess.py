@@ -162,9 +162,9 @@ def preprocess_case(case: CaseSource, plans: dict, run_dir: str | Path) -> dict:
 
 
 def _peak_rss_mb() -> float:
-    import resource
+    from screener_plans.memory import peak_rss_mb
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()
 
 
 def load_case(run_dir: str | Path, name: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:

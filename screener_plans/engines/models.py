@@ -68,8 +68,8 @@ def check_choice(value, choices, key: str) -> str:
 def intensity_channels(image: torch.Tensor) -> torch.Tensor:
     """(B, 1, X, Y, Z) window-scaled crop -> its intensity feature, float32 (B, 1, X, Y, Z).
 
-    The voxel's own value. A 3x3x3 local mean as a second channel was measured too (quality
-    benchmark, masked condition, Gaussian): same AUROC within noise, lower with the prior.
+    The voxel's own value. A 3x3x3 local mean as a second channel was tried on the quality
+    benchmark's data (masked condition, Gaussian): AUROC equal within noise, lower with the prior.
     """
     return image.float()
 

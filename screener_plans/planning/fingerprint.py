@@ -103,9 +103,9 @@ def fingerprint_case(case: CaseSource) -> dict:
     except MemoryError:
         return {"name": case.name, "path": case.path, "error": "out of memory while reading"}
     fp["path"] = case.path
-    import resource
+    from screener_plans.memory import peak_rss_mb
 
-    fp["worker_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    fp["worker_peak_rss_mb"] = peak_rss_mb()
     return fp
 
 
