@@ -135,3 +135,24 @@ def test_intensity_run_needs_no_descriptor_and_keeps_its_prior(tmp_path):
     image = torch.rand(1, 1, 16, 16, 16)
     nll = scorer(image, torch.zeros(1, 3), torch.ones(1, 3))
     assert nll.shape == (1, 1, 16, 16, 16) and torch.isfinite(nll).all()
+
+
+def test_quality_benchmark_variant_names_round_trip():
+    """tools/bench_quality.py names every table row; the names must map back to the choices."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "tools" / "bench_quality.py"
+    spec = importlib.util.spec_from_file_location("bench_quality", path)
+    bq = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bq)
+    for variant in bq.SCREENER:
+        assert bq.variant_name(*bq.parse_variant(variant)) == variant
+    assert bq.parse_variant("masked_flow") == ("masked", "flow", "descriptor", False)
+    assert bq.parse_variant("sincos_gaussian_intensity_prior") == ("sincos", "gaussian", "intensity", True)
+    assert bq.shared_stages("masked_gaussian_intensity_prior") == ["condition"]
+    assert bq.shared_stages("none_flow_both") == ["descriptor"]
+    assert set(bq.STANDARD) <= set(bq.VARIANTS)
+    tiny = _plans(features="intensity", intensity_prior=True)
+    assert bq.default_variant(tiny) == "masked_gaussian_intensity_prior"
+    assert bq.default_variant(_plans(kind="flow")) == "masked_flow"

@@ -3,7 +3,9 @@
 One command makes a synthetic data set (its own seed, different from the demo's), plans and
 preprocesses the training scans, trains the descriptor and condition once, then a density
 model for each cell of the paper's ablation grid (condition none / sin-cos / masked x density
-Gaussian / flow), fits the intensity-only density baseline (-log p(HU)) and trains the 3D
+Gaussian / flow, scoring the descriptor) and for the rows that score the CT intensity (with and
+without the intensity prior, per condition; ``--only`` picks any of the variants, e.g.
+``masked_flow_both_prior``), fits the intensity-only density baseline (-log p(HU)) and trains the 3D
 convolutional autoencoder baseline (reconstruction error). Every model is calibrated and
 predicts the held-out test scans through the product's own ``Predictor`` (anomaly maps on the
 input grid), and is evaluated inside the body (AUROC, AUROC up to FPR 0.3, AUPRO up to FPR 0.3).
