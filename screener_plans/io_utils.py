@@ -12,10 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def temp_prefix(name: str) -> str:
-    """Prefix of a temporary sibling of ``name``; it records host and pid so that stale ones can be
-    told from those of a writer that is still running (see ``sweep_stale_temporaries``)."""
-    return f".{name}.{_host()}-{os.getpid()}."
+def temp_prefix(name: str, pid: int | None = None) -> str:
+    """Prefix of a temporary sibling of ``name``; it records host and pid (this process's unless
+    given) so that stale ones can be told from those of a writer that is still running (see
+    ``sweep_stale_temporaries``)."""
+    return f".{name}.{_host()}-{os.getpid() if pid is None else int(pid)}."
 
 
 def _host() -> str:

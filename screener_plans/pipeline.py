@@ -57,7 +57,7 @@ def plan_and_train(data_dir, run_dir, budget_minutes: float | None = None, devic
     """Everything from a folder of CTs to a calibrated, trained run; re-running resumes."""
     from screener_plans.bundle_runner import train_stage
     from screener_plans.data.preprocess import preprocess
-    from screener_plans.engines.models import CONDITIONS, DENSITIES, FEATURES, as_bool, check_choice, density_config
+    from screener_plans.engines.models import density_config, with_density_choices
     from screener_plans.inference.predict import calibrate, calibration_path
     from screener_plans.planning.planner import plan
     from screener_plans.planning.plans import load_plans, save_plans
@@ -70,16 +70,9 @@ def plan_and_train(data_dir, run_dir, budget_minutes: float | None = None, devic
         logger.info("using existing %s (delete it to plan again)", plans_file)
     else:
         plans = plan(data_dir, run_dir, device=device, overrides=overrides, skip_bad=skip_bad, workers=workers)
-    if condition is not None:
-        plans["density"]["condition"] = check_choice(condition, CONDITIONS, "condition")
-    if density is not None:
-        plans["density"]["kind"] = check_choice(density, DENSITIES, "density")
-    if features is not None:
-        plans["density"]["features"] = check_choice(features, FEATURES, "features")
-    if intensity_prior is not None:
-        plans["density"]["intensity_prior"] = as_bool(intensity_prior, "intensity_prior")
-    # a contradictory choice (--intensity-prior true with the descriptor alone) fails before preprocessing
-    density_config(plans, None, None, None, intensity_prior)
+    # validates every choice; a contradictory one (--intensity-prior true with the descriptor
+    # alone) fails here, before preprocessing
+    plans = with_density_choices(plans, density_config(plans, condition, density, features, intensity_prior))
     summary = preprocess(run_dir, plans=plans, data_dir=data_dir, workers=workers, skip_bad=skip_bad)
     for e in summary["errors"]:
         logger.warning("skipped %s: %s", e["path"], e["problem"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -70,6 +71,15 @@ def write_raw_pixdim(path, data, dims):
     hdr.set_qform(None, code=0)
     with gzip.open(path, "wb") as f:
         f.write(hdr.binaryblock + b"\0" * 4 + np.round(data).astype(np.int16).tobytes(order="F"))
+
+
+def write_ct_folder(folder, n, shape, spacing, seed=0):
+    """``folder/case_{i}.nii.gz`` for i < n: small CTs of one shape and spacing (seeds seed, seed+1, ...)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        write_nifti(folder / f"case_{i}.nii.gz", simple_ct(shape, seed=seed + i), ras_affine(spacing))
+    return folder
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from screener_plans.engines.models import (
 )
 from screener_plans.errors import ScreenerError
 from screener_plans.pipeline import stages_for
-from conftest import ras_affine, simple_ct, write_nifti
+from conftest import write_ct_folder
 from run_utils import make_random_run
 
 
@@ -111,10 +111,7 @@ def test_intensity_run_needs_no_descriptor_and_keeps_its_prior(tmp_path):
     and the prior's histogram comes back from the density weights."""
     from screener_plans.planning.planner import plan
 
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(2):
-        write_nifti(data / f"case_{i}.nii.gz", simple_ct((40, 36, 20), seed=i), ras_affine((3.0, 3.0, 4.0)))
+    data = write_ct_folder(tmp_path / "data", 2, (40, 36, 20), (3.0, 3.0, 4.0))
     plans = plan(data, tmp_path / "planned", device="cpu", workers=1, progress=False,
                  overrides={"crop_size": [16, 16, 16], "spacing": [4.0, 4.0, 4.0]})
     assert plans["density"]["features"] == "intensity" and plans["density"]["intensity_prior"]  # tiny default

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,22 +16,18 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ras_affine, simple_ct, write_nifti
+from conftest import write_ct_folder
 from run_utils import make_random_run
+from screener_plans.io_utils import temp_prefix
 
 CLI = [sys.executable, "-m", "screener_plans.cli"]
-HOST = socket.gethostname().replace(".", "_")  # as the temporaries of io_utils name it
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("kill")
-    d = root / "data"
-    d.mkdir()
-    for i in range(8):
-        write_nifti(d / f"case_{i}.nii.gz", simple_ct((96, 88, 48), seed=i), ras_affine((2.0, 2.0, 3.0)))
-    return d
+    return write_ct_folder(root / "data", 8, (96, 88, 48), (2.0, 2.0, 3.0))
 
 
 def _dead_pid() -> int:
@@ -74,7 +69,7 @@ def test_killed_preprocessing_resumes(data, tmp_path):
                                                                   if not p.name.startswith(".")]) >= 2)
     assert not finished, "preprocessing ended before it could be killed"
     # what a kill in the middle of writing a case folder leaves behind
-    stale = cache / f".case_7.{HOST}-{_dead_pid()}.abc.tmp"
+    stale = cache / f"{temp_prefix('case_7', _dead_pid())}abc.tmp"
     stale.mkdir()
     (stale / "image.npy").write_bytes(b"\x93NUMPY half")
     p = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
@@ -103,7 +98,7 @@ def test_killed_prediction_resumes(data, tmp_path):
     cmd = CLI + ["predict", str(run), str(data), str(out), "--device", "cpu"]
     finished = _kill_when(cmd, lambda: (out / "case_0.png").exists())
     assert not finished, "prediction ended before it could be killed"
-    stale = out / f".case_5.nii.gz.{HOST}-{_dead_pid()}.xyz.tmp.nii.gz"
+    stale = out / f"{temp_prefix('case_5.nii.gz', _dead_pid())}xyz.tmp.nii.gz"
     stale.write_bytes(b"\x1f\x8b half a gzip stream")
     p = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ras_affine, simple_ct, write_nifti
+from conftest import write_ct_folder
 from run_utils import make_random_run
 
 TOLERANCE = 1e-4  # relative to the map's range; float32 reassociation only
@@ -24,10 +24,7 @@ def env(tmp_path_factory):
     from screener_plans.planning.planner import plan
 
     root = tmp_path_factory.mktemp("speed")
-    data = root / "data"
-    data.mkdir()
-    for i in range(4):
-        write_nifti(data / f"case_{i}.nii.gz", simple_ct((56, 48, 28), seed=20 + i), ras_affine((2.5, 2.5, 3.5)))
+    data = write_ct_folder(root / "data", 4, (56, 48, 28), (2.5, 2.5, 3.5), seed=20)
     plans = plan(data, root / "planned", device="cpu", workers=1, progress=False,
                  overrides={"crop_size": [16, 16, 16], "spacing": [3.0, 3.0, 3.0], "inference.sw_batch_size": 4})
     return {"data": data, "run": make_random_run(root, plans), "plans": plans}

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ras_affine, simple_ct, write_nifti
+from conftest import ras_affine, simple_ct, write_ct_folder, write_nifti
 from run_utils import make_random_run as _make_run
 from screener_plans.cli import main
 from screener_plans.errors import ScreenerError
@@ -44,10 +44,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("zoo")
-    data = root / "data"
-    data.mkdir()
-    for i in range(3):
-        write_nifti(data / f"case_{i}.nii.gz", simple_ct((40, 36, 20), seed=i), ras_affine((3.0, 3.0, 4.0)))
+    data = write_ct_folder(root / "data", 3, (40, 36, 20), (3.0, 3.0, 4.0))
     scans = root / "scans"
     scans.mkdir()
     write_nifti(scans / "scan.nii.gz", simple_ct((40, 36, 20), seed=9), ras_affine((3.0, 3.0, 4.0), (5.0, -3.0, 10.0)))

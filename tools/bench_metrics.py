@@ -17,13 +17,8 @@ import time
 
 import numpy as np
 
+from screener_plans.memory import peak_rss_mb
 from screener_plans.metrics import DEFAULT_BINS, ScoreRange, VoxelMetricAccumulator
-
-
-def _peak_rss_mb() -> float:
-    from screener_plans.memory import peak_rss_mb
-
-    return peak_rss_mb()
 
 
 def synthetic_volume(seed: int, side: int, lesions: int = 20) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +41,7 @@ def synthetic_volume(seed: int, side: int, lesions: int = 20) -> tuple[np.ndarra
 
 def main(volumes: int = 10, side: int = 216, bins: int = DEFAULT_BINS) -> dict:
     timings = {"generate": 0.0, "first_pass": 0.0, "accumulate": 0.0, "compute": 0.0}
-    rss_start = _peak_rss_mb()
+    rss_start = peak_rss_mb()
 
     score_range = ScoreRange()
     for i in range(volumes):
@@ -85,7 +80,7 @@ def main(volumes: int = 10, side: int = 216, bins: int = DEFAULT_BINS) -> dict:
         "seconds_metrics": round(metric_seconds, 2),
         "seconds": {k: round(v, 2) for k, v in timings.items()},
         "voxels_per_second": round(voxels / metric_seconds),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "rss_after_imports_mb": round(rss_start, 1),
         "volume_mb": round(side**3 * 4 / 2**20, 1),
         "n_regions": pooled.n_regions,

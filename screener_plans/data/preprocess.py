@@ -23,6 +23,7 @@ from screener_plans.data.geometry import resampled_shape, to_ras
 from screener_plans.data.readers import CaseImage, CaseSource, case_name, find_cases, read_case
 from screener_plans.errors import BadCaseError, ScreenerError
 from screener_plans.io_utils import sweep_stale_temporaries, temp_prefix
+from screener_plans.memory import peak_rss_mb
 from screener_plans.parallel import map_cases
 from screener_plans.progress import Progress
 
@@ -158,13 +159,7 @@ def preprocess_case(case: CaseSource, plans: dict, run_dir: str | Path) -> dict:
         return {"name": case.name, "path": case.path, "status": "error", "error": e.reason}
     meta["cache_key"] = key
     write_case(out, image, mask, meta)
-    return {"name": case.name, "status": "done", "peak_rss_mb": _peak_rss_mb()}
-
-
-def _peak_rss_mb() -> float:
-    from screener_plans.memory import peak_rss_mb
-
-    return peak_rss_mb()
+    return {"name": case.name, "status": "done", "peak_rss_mb": peak_rss_mb()}
 
 
 def load_case(run_dir: str | Path, name: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:

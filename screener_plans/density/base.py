@@ -120,6 +120,11 @@ class DensityModel(nn.Module):
         self._init_done = False
         self.register_load_state_dict_post_hook(_sync_init_flag)
 
+    @property
+    def trainable(self) -> nn.Module:
+        """The module the density stage fits (itself; ``IntensityPrior`` wraps a fixed term around one)."""
+        return self
+
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 

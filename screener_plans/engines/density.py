@@ -49,8 +49,7 @@ class DensityIteration:
         with torch.no_grad(), autocast(device, amp_dtype(device, self.amp)):
             y, c = scorer.features(image, origin, spacing)
         # an intensity prior is a fixed term: only the density model under it is fitted
-        density = getattr(scorer.density, "trainable", scorer.density)
-        nll = density(y.float(), c.float() if c.shape[1] else None)
+        nll = scorer.density.trainable(y.float(), c.float() if c.shape[1] else None)
         loss = nll.mean()
         engine.state.output = {"loss": loss.detach()}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)

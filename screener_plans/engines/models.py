@@ -168,6 +168,12 @@ def density_config(plans: dict, condition: str | None, density: str | None, feat
     return cfg
 
 
+def with_density_choices(plans: dict, cfg: dict) -> dict:
+    """A copy of ``plans`` whose ``density`` section holds the choices of ``cfg``."""
+    return {**plans, "density": {**plans["density"], "condition": cfg["condition"], "kind": cfg["density"],
+                                 "features": cfg["features"], "intensity_prior": cfg["intensity_prior"]}}
+
+
 def as_bool(value, key: str) -> bool:
     """A yes/no option from a CLI, bundle override or JSON (``True``, ``"false"``, ``0`` ...)."""
     if isinstance(value, bool):
@@ -185,8 +191,11 @@ def scorer_features(cfg: dict) -> str:
     return cfg.get("features", "descriptor")
 
 
-def feature_extractor(cfg: dict, descriptor: nn.Module | None, condition: nn.Module | None) -> FeatureExtractor:
-    """The ``FeatureExtractor`` a density config ``cfg`` describes, around the given networks."""
+def feature_extractor(cfg: dict, network) -> FeatureExtractor:
+    """The ``FeatureExtractor`` a density config ``cfg`` describes; ``network(stage)`` gives the
+    descriptor / condition network, asked only for the stages ``cfg`` uses."""
+    descriptor = network("descriptor") if uses_descriptor(scorer_features(cfg)) else None
+    condition = network("condition") if cfg["condition"] == "masked" else None
     return FeatureExtractor(descriptor, cfg["condition"], condition, cfg["cond_dim"], scorer_features(cfg))
 
 
@@ -203,18 +212,14 @@ def build_density_model(cfg: dict) -> nn.Module:
 
 def build_features(run_dir, plans: dict, cfg: dict) -> FeatureExtractor:
     """Frozen trained features of a run: only the stages ``cfg`` uses are loaded."""
-    descriptor = load_stage_network(run_dir, plans, "descriptor") if uses_descriptor(scorer_features(cfg)) else None
-    condition = load_stage_network(run_dir, plans, "condition") if cfg["condition"] == "masked" else None
-    return freeze(feature_extractor(cfg, descriptor, condition))
+    return freeze(feature_extractor(cfg, lambda stage: load_stage_network(run_dir, plans, stage)))
 
 
 def build_untrained_features(plans: dict, cfg: dict) -> FeatureExtractor:
     """Features with freshly initialised networks (architecture of ``plans``), for timing and loading."""
     from screener_plans.engines.ssl import build_stage_network
 
-    descriptor = build_stage_network(plans, "descriptor") if uses_descriptor(scorer_features(cfg)) else None
-    condition = build_stage_network(plans, "condition") if cfg["condition"] == "masked" else None
-    return feature_extractor(cfg, descriptor, condition)
+    return feature_extractor(cfg, lambda stage: build_stage_network(plans, stage))
 
 
 def density_config_path(run_dir) -> Path:

@@ -14,14 +14,19 @@ def write_untrained_run(run_dir, plans: dict, condition: str | None = None, dens
                         seed: int = 0, threshold: float = 60.0, features: str | None = None,
                         intensity_prior=None) -> Path:
     """Write ``run_dir`` with plans, random descriptor/condition/density weights and a calibration."""
-    from screener_plans.engines.models import build_density_model, density_config, model_path, save_density_config
+    from screener_plans.engines.models import (
+        build_density_model,
+        density_config,
+        model_path,
+        save_density_config,
+        with_density_choices,
+    )
     from screener_plans.engines.ssl import build_stage_network
     from screener_plans.planning.plans import save_plans
 
     run = Path(run_dir)
     cfg = density_config(plans, condition, density, features, intensity_prior)
-    plans = {**plans, "density": {**plans["density"], "condition": cfg["condition"], "kind": cfg["density"],
-                                  "features": cfg["features"], "intensity_prior": cfg["intensity_prior"]}}
+    plans = with_density_choices(plans, cfg)
     save_plans(plans, run / "plans.json")
     torch.manual_seed(seed)
     for stage in ("descriptor", "condition"):
