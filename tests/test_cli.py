@@ -69,19 +69,22 @@ def test_console_script_plans_and_preprocesses(ct_folder, tmp_path):
 
 def test_plan_and_train_trains_what_the_density_needs_and_resumes(ct_folder, tmp_path):
     """`screener plan-and-train` in one line: the tiny default (CT intensity + prior given the
-    masked condition) trains condition and density only, calibrates, and a re-run resumes."""
+    masked condition) trains condition and density only, both learn, it calibrates, and a
+    re-run resumes."""
     import json
 
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "screener_plans.cli", "plan-and-train", str(ct_folder), str(run), "--device", "cpu",
            "--workers", "1", "--set", "crop_size=[16,16,16]", "--set", "spacing=[3.0,3.0,3.0]",
-           "--set", "steps.condition=6", "--set", "steps.density=6", "--set", "checkpoint_every=3",
+           "--set", "steps.condition=40", "--set", "steps.density=40", "--set", "checkpoint_every=20",
            "--set", "pairs_per_crop=32", "--intensity-prior", "true"]
     p = subprocess.run(cmd, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
     assert not (run / "descriptor").exists()
     for stage in ("condition", "density"):
         assert (run / stage / "models" / "model.pt").exists()
+        log = [json.loads(line) for line in (run / stage / "logs" / "train_log.jsonl").read_text().splitlines()]
+        assert log[-1]["step"] == 40 and log[-1]["loss"] < log[0]["loss"], (stage, log)
     cfg = json.loads((run / "density" / "models" / "density_config.json").read_text())
     assert (cfg["features"], cfg["intensity_prior"], cfg["condition"]) == ("intensity", True, "masked")
     assert json.loads((run / "calibration.json").read_text())["threshold"] > 0
