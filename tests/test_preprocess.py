@@ -92,3 +92,25 @@ def test_resample_matches_monai_resize(shape):
     assert out.shape == shape and out.dtype == np.float32
     assert float(np.abs(out - ref).max()) < 1e-3  # HU; float32 rounding only
     np.testing.assert_array_equal(vol, before)  # the input is left alone
+    # NIfTI volumes arrive in Fortran order: same numbers, C-ordered result, input untouched
+    fortran = np.asfortranarray(vol)
+    out_f = resample(fortran, shape)
+    assert out_f.flags.c_contiguous and out_f.shape == shape
+    assert float(np.abs(out_f - ref).max()) < 1e-3
+    np.testing.assert_array_equal(fortran, before)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_to_ras_keeps_the_memory_layout(order):
+    """Reorienting never copies a Fortran-ordered scan into C order; flips give the same voxels."""
+    from screener_plans.data.geometry import from_ras, to_ras
+
+    vol = np.asarray(np.random.default_rng(1).normal(size=(6, 7, 8)).astype(np.float32), order=order)
+    lps = np.diag([-0.7, -0.7, 1.25, 1.0])  # an LPS scan: x and y flipped to reach RAS
+    for affine in (np.diag([0.7, 0.7, 1.25, 1.0]), lps):
+        ras, ras_affine, ornt = to_ras(vol, affine)
+        assert ras.flags.f_contiguous if order == "F" else ras.flags.c_contiguous
+        assert np.all(np.diag(ras_affine)[:3] > 0)
+        np.testing.assert_array_equal(from_ras(ras, ornt), vol)
+    ras, _, _ = to_ras(vol, lps)
+    np.testing.assert_array_equal(ras, vol[::-1, ::-1, :])

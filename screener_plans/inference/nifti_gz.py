@@ -1,0 +1,64 @@
+"""Write a float32 ``.nii.gz`` with the gzip compression spread over threads.
+
+Compressing a 512x512x300 float32 map is most of the time it takes to write one case (2.8 s
+of 4 s, single-threaded in nibabel). The data is cut into slabs along the last axis, each
+slab is compressed as its own gzip member in a thread pool (zlib releases the GIL), and the
+members are written one after another. Concatenated members are one valid gzip stream
+(RFC 1952), read as such by nibabel, zlib's ``gzread`` (ITK, FSL, niftilib) and ``gunzip``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import nibabel as nib
+import numpy as np
+
+# No extensions: the 348-byte header, 4 zero bytes of extension flag, then the data.
+_VOX_OFFSET = 352
+SLAB_BYTES = 8 << 20
+
+
+def default_threads() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def nifti_gz_bytes(img: nib.Nifti1Image, threads: int | None = None, level: int = 1):
+    """Yield the gzip members of ``img`` saved as a single-file NIfTI-1 (header, then data in
+    Fortran order), compressed ``threads`` slabs at a time."""
+    data = np.asarray(img.dataobj)
+    img.update_header()
+    hdr = img.header.copy()
+    hdr.set_data_dtype(data.dtype)
+    hdr.set_data_shape(data.shape)
+    hdr.set_slope_inter(1.0, 0.0)  # unscaled, written as nibabel writes float data
+    hdr["vox_offset"] = _VOX_OFFSET
+    yield gzip.compress(hdr.binaryblock + b"\0" * (_VOX_OFFSET - len(hdr.binaryblock)), level, mtime=0)
+    n_last = data.shape[-1] if data.ndim else 1
+    per_slice = max(1, data.nbytes // max(n_last, 1))
+    step = max(1, SLAB_BYTES // per_slice)
+    slabs = [(a, min(a + step, n_last)) for a in range(0, n_last, step)]
+
+    def compress(bounds):
+        a, b = bounds
+        return gzip.compress(data[..., a:b].tobytes(order="F"), level, mtime=0)
+
+    threads = default_threads() if threads is None else max(1, int(threads))
+    with ThreadPoolExecutor(threads) as pool:
+        # a bounded window of slabs in flight keeps memory at about 2 x threads slabs
+        pending = []
+        for bounds in slabs:
+            pending.append(pool.submit(compress, bounds))
+            if len(pending) > 2 * threads:
+                yield pending.pop(0).result()
+        for future in pending:
+            yield future.result()
+
+
+def write_nifti_gz(path, img: nib.Nifti1Image, threads: int | None = None) -> None:
+    """Write ``img`` to ``path`` (a ``.nii.gz`` name; the caller makes it atomic)."""
+    with open(path, "wb") as f:
+        for member in nifti_gz_bytes(img, threads):
+            f.write(member)
