@@ -77,7 +77,7 @@ def test_preprocess_is_resumable(dotted_case, tmp_path):
     assert cached_cases(run, plans) == []
 
 
-@pytest.mark.parametrize("shape", [(57, 52, 50), (60, 110, 30), (130, 50, 60), (200, 220, 90)])
+@pytest.mark.parametrize("shape", [(57, 52, 50), (60, 110, 30), (130, 50, 60), (200, 220, 90), (100, 100, 40)])
 def test_resample_matches_monai_resize(shape):
     """The memory-lean resampler gives MONAI Resize's numbers (anti-aliased when shrinking)."""
     from monai.transforms import Resize
