@@ -9,7 +9,10 @@ then, in a fresh process per preset:
 2. bare forward: the three networks (descriptor, condition, density) alone over the same
    windows, same batch size, no stitching, no I/O;
 3. overhead = end-to-end / bare forward (target <= 1.3 at overlap 0.25);
-4. peak RSS of the process (target < 4 GB on CPU) and peak GPU memory where a GPU is used.
+4. peak RSS of the process (target < 4 GB on CPU) and peak GPU memory where a GPU is used;
+5. archive throughput: ``screener predict`` over a folder of ``--folder-scans`` copies, whose
+   background threads read/preprocess the next scan and write the previous one while the
+   current one is scored: seconds per scan and overhead per scan.
 
     python tools/bench_inference.py --presets tiny --device cpu --out /tmp/screener_bench_inference
 """
@@ -36,6 +39,7 @@ from screener_plans.memory import peak_rss_mb
 from screener_plans.planning.plans import load_plans
 
 run, scan, out, device, repeats = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+folder_scans = int(sys.argv[6])
 plans = load_plans(run / "plans.json")
 device = resolve_device(device)
 predictor = Predictor(run, plans, load_scorer(run, plans), device, threshold=load_threshold(run),
@@ -79,7 +83,28 @@ with torch.no_grad(), autocast(device, dtype):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
 forward = min(times)
+peak_case = peak_rss_mb()
+
+# archive throughput: ``screener predict`` over a folder of N copies, with its background
+# reading/preprocessing and writing threads overlapping the scoring of neighbouring scans
+folder = None
+if folder_scans > 0:
+    src = out.parent / (out.name + "_folder_in")
+    src.mkdir(parents=True, exist_ok=True)
+    for i in range(folder_scans):
+        link = src / f"scan_{i:03d}.nii.gz"
+        if not link.exists():
+            link.symlink_to(scan.resolve())
+    predictor.progress = False
+    t0 = time.perf_counter()
+    summary = predictor.run(src, out.parent / (out.name + "_folder_out"))
+    wall = time.perf_counter() - t0
+    assert len(summary["done"]) == folder_scans, summary
+    folder = {"scans": folder_scans, "wall_s": wall, "per_scan_s": wall / folder_scans,
+              "overhead": wall / folder_scans / forward}
+
 print("RESULT " + json.dumps({
+    "folder": folder, "peak_rss_case_mb": peak_case,
     "end_to_end_s": total, "phases_s": timing, "bare_forward_s": forward, "overhead": total / forward,
     "windows": len(windows), "sw_batch_size": bs, "cache_shape": list(shape), "crop": list(roi),
     "peak_rss_mb": peak_rss_mb(),
@@ -103,7 +128,8 @@ def make_scan(folder: Path, shape, spacing) -> Path:
     return path
 
 
-def bench_preset(preset: str, scan: Path, out: Path, device: str, repeats: int, overrides: dict) -> dict:
+def bench_preset(preset: str, scan: Path, out: Path, device: str, repeats: int, overrides: dict,
+                 folder_scans: int = 0) -> dict:
     from screener_plans.engines.untrained import write_untrained_run
     from screener_plans.planning.planner import plan
 
@@ -112,7 +138,7 @@ def bench_preset(preset: str, scan: Path, out: Path, device: str, repeats: int, 
                  progress=False, overrides={"preset": preset, **overrides})
     write_untrained_run(run, plans)
     p = subprocess.run([sys.executable, "-c", WORKER, str(run), str(scan), str(out / f"pred_{preset}"), device,
-                        str(repeats)], capture_output=True, text=True)
+                        str(repeats), str(folder_scans)], capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(p.stderr[-3000:])
     result = json.loads([line for line in p.stdout.splitlines() if line.startswith("RESULT ")][-1][7:])
@@ -129,7 +155,16 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['preset']} | {r['device']} | {'x'.join(map(str, r['cache_shape']))} | {r['windows']} | "
                      f"{r['end_to_end_s']:.1f} | {ph['read']:.1f} | {ph['preprocess']:.1f} | "
                      f"{ph['sliding_window']:.1f} | {ph['resample_back']:.1f} | {ph['write']:.1f} | "
-                     f"{r['bare_forward_s']:.1f} | {r['overhead']:.2f} | {r['peak_rss_mb'] / 1024:.2f} | {gpu} |")
+                     f"{r['bare_forward_s']:.1f} | {r['overhead']:.2f} | {r.get('peak_rss_case_mb', r['peak_rss_mb']) / 1024:.2f} | "
+                     f"{gpu} |")
+    folders = [r for r in rows if r.get("folder")]
+    if folders:
+        lines += ["", "| preset | device | folder of | wall (s) | per scan (s) | bare forward (s) | overhead per scan | "
+                      "peak RSS (GB) |", "|---" * 8 + "|"]
+        for r in folders:
+            f = r["folder"]
+            lines.append(f"| {r['preset']} | {r['device']} | {f['scans']} | {f['wall_s']:.1f} | {f['per_scan_s']:.1f} | "
+                         f"{r['bare_forward_s']:.1f} | {f['overhead']:.2f} | {r['peak_rss_mb'] / 1024:.2f} |")
     return "\n".join(lines)
 
 
@@ -142,11 +177,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="passes per measurement; the fastest counts")
     ap.add_argument("--set", action="append", default=[], help="plans override key=value (repeatable)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/screener_bench_inference"))
+    ap.add_argument("--folder-scans", type=int, default=3,
+                    help="also time `screener predict` over a folder of this many copies (0: skip)")
     args = ap.parse_args()
     from screener_plans.planning.plans import parse_overrides
 
     scan = make_scan(args.out / "scan", args.shape, args.spacing)
-    rows = [bench_preset(p, scan, args.out, args.device, args.repeats, parse_overrides(args.set))
+    rows = [bench_preset(p, scan, args.out, args.device, args.repeats, parse_overrides(args.set), args.folder_scans)
             for p in args.presets.split(",")]
     report = {"scan": {"shape": args.shape, "spacing": args.spacing}, "rows": rows}
     (args.out / "bench_inference.json").write_text(json.dumps(report, indent=2))
