@@ -269,3 +269,31 @@ def test_stage_bundle_inference_writes_dense_features(tiny_run, tmp_path):
     np.testing.assert_allclose((cache_affine(meta) @ np.append(q, 1))[:3], (img.affine @ np.append(p, 1))[:3],
                                atol=1e-6)
     np.testing.assert_allclose(feats.affine, cache_affine(meta), atol=1e-5)
+
+
+def test_resumed_density_stage_takes_its_histogram_from_the_checkpoint(tiny_run, tmp_path, monkeypatch):
+    """A density stage with the intensity prior, resumed after its step-10 checkpoint, does not
+    read the training cases again for the histogram: the checkpoint restores it."""
+    import shutil
+
+    from screener_plans.baselines import IntensityBaseline
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("density"))
+    plans = json.loads((run / "plans.json").read_text())
+    assert plans["density"]["intensity_prior"]  # the tiny default
+    train_stage(run, "density", max_steps=20)
+    model = run / "density" / "models" / "model.pt"
+    table = torch.load(model)["neg_log_prob"]
+    assert torch.isfinite(table).all() and float(table.max() - table.min()) > 1.0  # a real histogram
+    # as if killed after the step-10 checkpoint
+    (run / "density" / "checkpoints" / "checkpoint_00000020.pt").unlink()
+    model.unlink()
+
+    def refit(*args, **kwargs):
+        raise AssertionError("the histogram was refitted on resume")
+
+    monkeypatch.setattr(IntensityBaseline, "fit", refit)
+    train_stage(run, "density", max_steps=20)
+    assert _log(run, "density")[-1]["step"] == 20
+    torch.testing.assert_close(torch.load(model)["neg_log_prob"], table)

@@ -14,15 +14,18 @@ from screener_plans.engines.steps import NonFiniteGuard, optimizer_step
 
 
 def build_density_scorer(run_dir, plans: dict, condition=None, density=None, features=None,
-                         intensity_prior=None) -> Scorer:
+                         intensity_prior=None, resume_dir=None) -> Scorer:
     """Frozen features of a run + a fresh density model, chosen by ``--condition``/``--density``/
     ``--features``/``--intensity_prior``; an intensity prior's histogram is fitted here, from the
-    run's preprocessed training cases."""
+    run's preprocessed training cases, unless a checkpoint in ``resume_dir`` (the stage's
+    checkpoints when resuming) holds it already: the resume handler loads it with the weights,
+    so a resumed run does not read every training case again."""
     from screener_plans.baselines import IntensityBaseline
+    from screener_plans.engines.handlers import latest_checkpoint
 
     cfg = density_config(plans, condition, density, features, intensity_prior)
     model = build_density_model(cfg)
-    if cfg["intensity_prior"]:
+    if cfg["intensity_prior"] and (resume_dir is None or latest_checkpoint(resume_dir) is None):
         model.set_table(IntensityBaseline.fit(run_dir, plans).neg_log_prob)
     scorer = channels_last(Scorer(build_features(run_dir, plans, cfg), model))
     scorer.config = cfg
