@@ -27,9 +27,14 @@ def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarra
     out = nio.apply_orientation(array, ornt)
     new_affine = affine @ nio.inv_ornt_aff(ornt, array.shape)
     if not (out.flags.c_contiguous or out.flags.f_contiguous):
-        fortran = np.asarray(array).flags.f_contiguous and not np.asarray(array).flags.c_contiguous
-        out = np.asfortranarray(out) if fortran else np.ascontiguousarray(out)
+        out = np.asfortranarray(out) if fortran_ordered(array) else np.ascontiguousarray(out)
     return out, new_affine, ornt
+
+
+def fortran_ordered(array) -> bool:
+    """True for an array laid out in Fortran order only (NIfTI's layout), not also in C order."""
+    flags = np.asarray(array).flags
+    return flags.f_contiguous and not flags.c_contiguous
 
 
 def from_ras(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:

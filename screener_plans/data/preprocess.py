@@ -19,7 +19,7 @@ import numpy as np
 
 from screener_plans.data.body import body_mask, bounding_box
 from screener_plans.data.checks import validate_ct
-from screener_plans.data.geometry import resampled_shape, to_ras
+from screener_plans.data.geometry import fortran_ordered, resampled_shape, to_ras
 from screener_plans.data.readers import CaseImage, CaseSource, case_name, find_cases, read_case
 from screener_plans.errors import BadCaseError, ScreenerError
 from screener_plans.io_utils import sweep_stale_temporaries, temp_prefix
@@ -73,7 +73,7 @@ def resample(volume: np.ndarray, shape) -> np.ndarray:
     """
     volume = np.asarray(volume)
     shape = tuple(int(s) for s in shape)
-    if volume.ndim == 3 and volume.flags.f_contiguous and not volume.flags.c_contiguous:
+    if volume.ndim == 3 and fortran_ordered(volume):
         return np.ascontiguousarray(resample(volume.T, shape[::-1]).T)
     if tuple(volume.shape) == shape:
         return volume.astype(np.float32, copy=False)

@@ -25,40 +25,35 @@ def default_threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def nifti_gz_bytes(img: nib.Nifti1Image, threads: int | None = None, level: int = 1):
-    """Yield the gzip members of ``img`` saved as a single-file NIfTI-1 (header, then data in
-    Fortran order), compressed ``threads`` slabs at a time."""
+def nifti_gz_members(img: nib.Nifti1Image):
+    """Yield the gzip members of ``img`` saved as a single-file NIfTI-1: the header, then the
+    data in Fortran order, slab by slab, compressed ``default_threads()`` slabs at a time."""
     data = np.asarray(img.dataobj)
-    img.update_header()
+    img.update_header()  # shape, dtype and affine into the header, as nib.save does
     hdr = img.header.copy()
-    hdr.set_data_dtype(data.dtype)
-    hdr.set_data_shape(data.shape)
     hdr.set_slope_inter(1.0, 0.0)  # unscaled, written as nibabel writes float data
     hdr["vox_offset"] = _VOX_OFFSET
-    yield gzip.compress(hdr.binaryblock + b"\0" * (_VOX_OFFSET - len(hdr.binaryblock)), level, mtime=0)
-    n_last = data.shape[-1] if data.ndim else 1
-    per_slice = max(1, data.nbytes // max(n_last, 1))
-    step = max(1, SLAB_BYTES // per_slice)
-    slabs = [(a, min(a + step, n_last)) for a in range(0, n_last, step)]
+    yield gzip.compress(hdr.binaryblock + b"\0" * (_VOX_OFFSET - len(hdr.binaryblock)), 1, mtime=0)
+    n_last = data.shape[-1]
+    step = max(1, SLAB_BYTES // max(1, data.nbytes // max(n_last, 1)))
 
-    def compress(bounds):
-        a, b = bounds
-        return gzip.compress(data[..., a:b].tobytes(order="F"), level, mtime=0)
+    def compress(a: int) -> bytes:
+        return gzip.compress(data[..., a:a + step].tobytes(order="F"), 1, mtime=0)
 
-    threads = default_threads() if threads is None else max(1, int(threads))
+    threads = default_threads()
     with ThreadPoolExecutor(threads) as pool:
         # a bounded window of slabs in flight keeps memory at about 2 x threads slabs
         pending = []
-        for bounds in slabs:
-            pending.append(pool.submit(compress, bounds))
+        for a in range(0, n_last, step):
+            pending.append(pool.submit(compress, a))
             if len(pending) > 2 * threads:
                 yield pending.pop(0).result()
         for future in pending:
             yield future.result()
 
 
-def write_nifti_gz(path, img: nib.Nifti1Image, threads: int | None = None) -> None:
+def write_nifti_gz(path, img: nib.Nifti1Image) -> None:
     """Write ``img`` to ``path`` (a ``.nii.gz`` name; the caller makes it atomic)."""
     with open(path, "wb") as f:
-        for member in nifti_gz_bytes(img, threads):
+        for member in nifti_gz_members(img):
             f.write(member)

@@ -35,7 +35,8 @@ def _jsonable(value):
 
 
 def save_nifti(path, array: np.ndarray, affine: np.ndarray) -> str:
-    """Write a float32 NIfTI with ``affine`` as both sform and qform (scanner), atomically."""
+    """Write a float32 ``.nii.gz`` with ``affine`` as both sform and qform (scanner), atomically,
+    compressed in threads (``nifti_gz``)."""
     affine = np.asarray(affine, dtype=np.float64)
     img = nib.Nifti1Image(np.asarray(array, dtype=np.float32), affine)
     img.set_sform(affine, code=NIFTI_XFORM_SCANNER)
@@ -43,10 +44,7 @@ def save_nifti(path, array: np.ndarray, affine: np.ndarray) -> str:
     img.set_qform(affine, code=NIFTI_XFORM_SCANNER)
     img.header.set_xyzt_units("mm")
     with atomic_path(path, suffix=".nii.gz") as tmp:
-        if str(path).endswith(".nii.gz"):
-            write_nifti_gz(tmp, img)
-        else:
-            nib.save(img, tmp)
+        write_nifti_gz(tmp, img)
     return str(path)
 
 
