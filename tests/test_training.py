@@ -295,5 +295,7 @@ def test_resumed_density_stage_takes_its_histogram_from_the_checkpoint(tiny_run,
 
     monkeypatch.setattr(IntensityBaseline, "fit", refit)
     train_stage(run, "density", max_steps=20)
-    assert _log(run, "density")[-1]["step"] == 20
+    log = _log(run, "density")
+    assert log[-1]["step"] == 20
+    assert log[-1]["loss"] < log[0]["loss"]  # the resumed run kept learning
     torch.testing.assert_close(torch.load(model)["neg_log_prob"], table)
