@@ -9,11 +9,17 @@ per worker, so allocator growth in long-lived workers cannot accumulate over a l
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Callable, Iterable
 
 PRELOAD = ["monai.transforms", "screener_plans.data.preprocess", "screener_plans.planning.fingerprint"]
 CASES_PER_WORKER = 8
+
+
+def worker_threads() -> int:
+    """Threads for one volume's GIL-releasing work (scipy filters, gzip): the cores, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def case_pool(workers: int) -> ProcessPoolExecutor:

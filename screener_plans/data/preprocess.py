@@ -24,7 +24,7 @@ from screener_plans.data.readers import CaseImage, CaseSource, case_name, find_c
 from screener_plans.errors import BadCaseError, ScreenerError
 from screener_plans.io_utils import sweep_stale_temporaries, temp_prefix
 from screener_plans.memory import peak_rss_mb
-from screener_plans.parallel import map_cases
+from screener_plans.parallel import map_cases, worker_threads
 from screener_plans.progress import Progress
 
 CACHE_VERSION = 1
@@ -39,10 +39,11 @@ def cache_key(plans: dict) -> dict:
 def _gaussian_smooth(volume: np.ndarray, sigmas) -> np.ndarray:
     """Separable Gaussian smoothing, numerically MONAI's ``GaussianSmooth`` (erf-sampled kernel
     truncated at 4 sigma, zero padding), run with scipy in float32: 5x faster than the torch
-    convolution on a 512x512x300 scan and about 2 volumes of extra memory instead of 20."""
+    convolution on a 512x512x300 scan and about 2 volumes of extra memory instead of 20.
+    Each pass runs on slabs across another axis in threads (scipy releases the GIL); every
+    voxel gets the same arithmetic as in one call."""
     import torch
     from monai.networks.layers.convutils import gaussian_1d
-    from scipy import ndimage
 
     src, spare = volume, None
     for axis, sigma in enumerate(sigmas):
@@ -50,10 +51,31 @@ def _gaussian_smooth(volume: np.ndarray, sigmas) -> np.ndarray:
             continue
         kernel = gaussian_1d(torch.tensor(float(sigma)), truncated=4.0, approx="erf").numpy().astype(np.float32)
         out = spare if spare is not None else np.empty(volume.shape, dtype=np.float32)
-        ndimage.correlate1d(src, kernel, axis=axis, output=out, mode="constant", cval=0.0)
+        _correlate1d_threaded(src, kernel, axis, out)
         # never write into the caller's array: the previous source becomes the spare only if it is ours
         spare, src = (src if src is not volume else None), out
     return src
+
+
+def _correlate1d_threaded(src: np.ndarray, kernel: np.ndarray, axis: int, out: np.ndarray) -> None:
+    """``scipy.ndimage.correlate1d`` along ``axis`` into ``out``, zero padded, split into slabs
+    across the longest other axis, one per thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scipy import ndimage
+
+    split = max((a for a in range(src.ndim) if a != axis), key=lambda a: src.shape[a])
+    bounds = np.linspace(0, src.shape[split], min(worker_threads(), src.shape[split]) + 1).astype(int)
+
+    def slab(i: int) -> None:
+        box = tuple(slice(bounds[i], bounds[i + 1]) if a == split else slice(None) for a in range(src.ndim))
+        ndimage.correlate1d(src[box], kernel, axis=axis, output=out[box], mode="constant", cval=0.0)
+
+    if len(bounds) == 2:
+        slab(0)
+        return
+    with ThreadPoolExecutor(len(bounds) - 1) as pool:
+        list(pool.map(slab, range(len(bounds) - 1)))
 
 
 SEPARATE_SHRINK = 1.5  # an axis shrinking at least this much is smoothed and shrunk on its own

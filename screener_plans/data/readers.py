@@ -242,6 +242,17 @@ def _raw_nifti_pixdim(path: str) -> list[float] | None:
         return None
 
 
+def reader_class(name: str):
+    """The MONAI reader class called ``name``; NIfTI goes through ``GzipNibabelReader``."""
+    import monai.data
+
+    if name == "NibabelReader":
+        from screener_plans.data.nifti_reader import GzipNibabelReader
+
+        return GzipNibabelReader
+    return getattr(monai.data, name)
+
+
 def read_case(case: CaseSource) -> CaseImage:
     """Read one case with MONAI's reader for its format; errors name the file and the problem."""
     meta: dict = {}
@@ -275,7 +286,7 @@ def read_case(case: CaseSource) -> CaseImage:
             # MONAI announces optional GPU decoders it cannot find; irrelevant to users here.
             warnings.simplefilter("ignore")
             logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
-            reader = getattr(monai.data, case.reader)(**reader_kwargs)
+            reader = reader_class(case.reader)(**reader_kwargs)
             data, img_meta = reader.get_data(reader.read(target))
     except (OptionalImportError, ImportError) as e:
         raise BadCaseError(case.path, f"{unavailable} [{e}]") from None

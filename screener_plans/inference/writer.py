@@ -6,6 +6,7 @@ a half-written output that looks finished.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -62,22 +63,24 @@ def write_case_outputs(out_dir, case_name: str, score_original: np.ndarray, affi
     """
     out_dir = Path(out_dir)
     extra = dict(extra or {})
-    score = np.asarray(score_original, dtype=np.float32)
-    regions, n_total = find_regions(score, affine, threshold, min_voxels=min_voxels,
-                                    max_regions=max_regions, return_total=True)
-
-    paths = {"nifti": out_dir / f"{case_name}.nii.gz", "regions_json": out_dir / f"{case_name}_regions.json",
-             "png": out_dir / f"{case_name}.png"}
-    save_nifti(paths["nifti"], score, affine)
-
     reserved = {"case", "threshold", "n_regions", "n_regions_total", "regions"}
     clash = reserved & set(extra)
     if clash:
         raise ValueError(f"extra keys {sorted(clash)} would overwrite the regions report's own keys")
-    report = {"case": case_name, "threshold": float(threshold), **_jsonable(extra),
-              "n_regions": len(regions), "n_regions_total": n_total, "regions": regions}
+    score = np.asarray(score_original, dtype=np.float32)
+    paths = {"nifti": out_dir / f"{case_name}.nii.gz", "regions_json": out_dir / f"{case_name}_regions.json",
+             "png": out_dir / f"{case_name}.png"}
+    # the map is compressed in the background while regions and picture are made from it
+    with ThreadPoolExecutor(1) as pool:
+        nifti = pool.submit(save_nifti, paths["nifti"], score, affine)
+        regions, n_total = find_regions(score, affine, threshold, min_voxels=min_voxels,
+                                        max_regions=max_regions, return_total=True)
+        report = {"case": case_name, "threshold": float(threshold), **_jsonable(extra),
+                  "n_regions": len(regions), "n_regions_total": n_total, "regions": regions}
+        point = regions[0]["max_voxel"] if regions else None
+        picture = render_overlay(image_hu_original, score, affine, point_voxel=point, threshold=threshold)
+        nifti.result()
+    # the map is on disk before the files that describe it
     write_json(paths["regions_json"], report)
-
-    point = regions[0]["max_voxel"] if regions else None
-    save_png(paths["png"], render_overlay(image_hu_original, score, affine, point_voxel=point, threshold=threshold))
+    save_png(paths["png"], picture)
     return {**{k: str(v) for k, v in paths.items()}, "regions": regions}
