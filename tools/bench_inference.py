@@ -7,7 +7,8 @@ then, in a fresh process per preset:
 1. end to end: ``screener predict``'s own per-case path (read, preprocess, sliding window,
    resample back, write NIfTI + regions JSON + PNG), each phase timed;
 2. bare forward: the three networks (descriptor, condition, density) alone over the same
-   windows, same batch size, no stitching, no I/O;
+   windows, same batch size, no stitching, no I/O; measured alternately with (1), repeat by
+   repeat, so that drift of a shared machine moves both alike;
 3. overhead = end-to-end / bare forward (target <= 1.3 at overlap 0.25);
 4. peak RSS of the process (target < 4 GB on CPU) and peak GPU memory where a GPU is used;
 5. archive throughput: ``screener predict`` over a folder of ``--folder-scans`` copies, whose
@@ -47,14 +48,21 @@ predictor = Predictor(run, plans, load_scorer(run, plans), device, threshold=loa
 case = find_cases(scan)[0]
 if device.type == "cuda":
     torch.cuda.reset_peak_memory_stats()
-ends = []
-for r in range(repeats):  # the first pass also warms up kernels and allocators
-    t0 = time.perf_counter()
-    res = predictor.predict_case(case, out)
+
+
+def sync():
     if device.type == "cuda":
         torch.cuda.synchronize()
-    ends.append((time.perf_counter() - t0, res["timing"], res))
-total, timing = min(ends, key=lambda e: e[0])[:2]
+
+
+def end_to_end():
+    t0 = time.perf_counter()
+    res = predictor.predict_case(case, out)
+    sync()
+    return time.perf_counter() - t0, res["timing"], res
+
+
+ends = [end_to_end()]  # the first pass also warms up kernels and allocators
 shape = tuple(ends[0][2]["cache_shape"])
 
 # bare forward of the three networks over the same windows
@@ -70,18 +78,28 @@ origins = torch.zeros(bs, 3, device=device)
 spacing = torch.ones(bs, 3, device=device)
 dtype = amp_dtype(device, plans["amp"])
 n_batches = -(-len(windows) // bs)
-times = []
-with torch.no_grad(), autocast(device, dtype):
-    scorer(x, origins, spacing)  # warm-up
-    for r in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def bare_forward():
+    with autocast(device, dtype):
+        sync()
         t0 = time.perf_counter()
         for _ in range(n_batches):
             scorer(x, origins, spacing)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+        sync()
+    return time.perf_counter() - t0
+
+
+with torch.no_grad(), autocast(device, dtype):
+    scorer(x, origins, spacing)  # warm-up
+# alternate the two measurements, so that a machine that slows down or speeds up during the
+# run (shared cores) moves both alike and their ratio holds
+times = [bare_forward()]
+for r in range(1, repeats):
+    ends.append(end_to_end())
+    times.append(bare_forward())
+total, timing = min(ends, key=lambda e: e[0])[:2]
 forward = min(times)
 peak_case = peak_rss_mb()
 
