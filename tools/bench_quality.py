@@ -347,6 +347,27 @@ def per_kind_auroc(result: dict, kinds: dict[str, set]) -> dict:
     return out
 
 
+def auroc_losses(preds: Path, groups: dict | None) -> dict | None:
+    """Where the variant's AUROC is lost (``auroc_breakdown.py``), or None without lesion kinds."""
+    if groups is None:
+        return None
+    from auroc_breakdown import breakdown_of
+
+    return breakdown_of(preds, groups)
+
+
+def lesion_groups(data: Path, masks: Path) -> dict | None:
+    """Per-voxel lesion kinds and tissues of the test scans; None (with a note) when the data
+    set cannot be regenerated from its phantom seeds."""
+    from auroc_breakdown import load_groups
+
+    try:
+        return load_groups(data, masks)
+    except (ValueError, KeyError) as e:
+        log(f"no AUROC breakdown: {e}")
+        return None
+
+
 def stored_results(out: Path, results: dict) -> dict:
     """This run's results plus those an earlier run (e.g. another --only) left in OUT/metrics, in table order."""
     found = {}
@@ -388,6 +409,23 @@ def tables(rows: list[dict], default: str) -> str:
             name, feats, cond, dens = row_names(r["variant"], default)
             lines.append(f"| {name} | {feats} | {cond} | {dens} | "
                          + " | ".join(fmt(r["per_kind"].get(k, {}).get("mean_case_auroc")) for k in kinds) + " |")
+    lost = [r for r in rows if r.get("losses")]
+    if lost:
+        kinds = sorted({k for r in lost for k in r["losses"]["loss_by_lesion"]})
+        lines += ["", "Where the AUROC is lost: 1 - AUROC split exactly over the lesion voxels of each kind "
+                  "(`tools/auroc_breakdown.py`), the AUROC without each kind's voxels, and the normal "
+                  "tissues whose voxels outrank lesions most:", "",
+                  "| model | scored features | condition | density | 1 - AUROC | "
+                  + " | ".join(f"lost on {k}" for k in kinds) + " | "
+                  + " | ".join(f"AUROC without {k}" for k in kinds) + " | normal tissues (loss) |",
+                  "|---|---|---|---|---|" + "---|" * (2 * len(kinds) + 1)]
+        for r in lost:
+            name, feats, cond, dens = row_names(r["variant"], default)
+            b = r["losses"]
+            top = ", ".join(f"{t} {v:.3f}" for t, v in list(b["loss_by_normal"].items())[:3])
+            lines.append(f"| {name} | {feats} | {cond} | {dens} | {1 - b['auroc']:.3f} | "
+                         + " | ".join(fmt(b["loss_by_lesion"].get(k)) for k in kinds) + " | "
+                         + " | ".join(fmt(b["auroc_without"].get(k)) for k in kinds) + f" | {top} |")
     return "\n".join(lines)
 
 
@@ -506,7 +544,8 @@ def main(argv=None) -> int:
         masks = write_body_masks(data / "test" / "images", args.out / "body_masks")
         default = default_variant(plans)
         kinds = kinds_by_case(data)
-        results = {}
+        groups = lesion_groups(data, masks)
+        results, losses = {}, {}
         for variant in execution_order(args.only, default):
             vrun = args.out / "runs" / variant
             if variant in BASELINES:
@@ -519,8 +558,9 @@ def main(argv=None) -> int:
             train_variant(variant, vrun, plans, args, timings)
             preds = predict_variant(variant, vrun, plans, data, args, timings)
             results[variant] = evaluate_variant(variant, preds, data, masks, args.out)
+            losses[variant] = auroc_losses(preds, groups)
             rows = [{"variant": v, "metrics": r["metrics"], "train_minutes": train_minutes(v, timings),
-                     "per_kind": per_kind_auroc(r, kinds), "n_cases": r["n_cases"]}
+                     "per_kind": per_kind_auroc(r, kinds), "n_cases": r["n_cases"], "losses": losses.get(v)}
                     for v, r in stored_results(args.out, results).items()]
             text = write_report(args, plans, data, rows, timings, command)
             log(f"{variant}: " + ", ".join(f"{label} {fmt(results[variant]['metrics'][k])}" for k, label in METRICS))
