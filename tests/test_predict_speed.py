@@ -53,6 +53,31 @@ def test_channels_last_keeps_the_maps(env):
     assert float(np.abs(maps[0] - maps[1]).max()) <= TOLERANCE * span
 
 
+def test_single_window_batches_are_scored_in_pairs_with_the_same_maps(env):
+    """A batch of one window (sw_batch_size 1, or the last window of an odd count) runs as two
+    copies on CPU, where conv3d is slow for a batch of one; the map is the one-window map."""
+    from screener_plans.data.preprocess import preprocess_image
+    from screener_plans.data.readers import find_cases, read_case
+    from screener_plans.engines.models import load_scorer
+    from screener_plans.inference.sliding import ScorerInferer
+
+    plans = env["plans"]
+    img = read_case(find_cases(env["data"])[0])
+    image, mask, meta = preprocess_image(img, plans)
+    scorer = load_scorer(env["run"], plans).eval()
+    batches = []
+    inner = scorer.forward
+    scorer.forward = lambda x, *a: batches.append(x.shape[0]) or inner(x, *a)
+    single = ScorerInferer(plans["crop_size"], 0.25, "gaussian", 1, amp=False)
+    got = single(scorer, image, meta["crop_origin_mm"], meta["spacing"], "cpu")
+    assert batches and set(batches) == {2}
+    scorer.forward = inner
+    ref = ScorerInferer(plans["crop_size"], 0.25, "gaussian", 4, amp=False)(
+        scorer, image, meta["crop_origin_mm"], meta["spacing"], "cpu")
+    span = float(ref.max() - ref.min())
+    assert span > 0 and float(np.abs(got - ref).max()) <= TOLERANCE * span
+
+
 def test_threaded_folder_pipeline_matches_case_by_case(env, tmp_path):
     from screener_plans.engines.models import load_scorer
     from screener_plans.inference.predict import Predictor

@@ -44,10 +44,16 @@ class ScorerInferer:
         def predictor(window: torch.Tensor, slices) -> torch.Tensor:
             starts = torch.tensor([[s.start for s in sl[-3:]] for sl in slices], dtype=torch.float32, device=device)
             origins = origin[None] + starts * spc[None]
+            n = window.shape[0]
+            if n == 1 and device.type == "cpu":
+                # PyTorch's CPU conv3d falls back to its slow reference kernel for a batch of one
+                # (3.7x slower per window here); two copies of the window take the oneDNN path
+                window, origins = torch.cat([window, window]), torch.cat([origins, origins])
             if self.channels_last:
                 window = channels_last(window)
             with autocast(device, dtype):
-                return scorer(window, origins, spc[None].expand(window.shape[0], 3)).float().contiguous()
+                out = scorer(window, origins, spc[None].expand(window.shape[0], 3))
+            return out[:n].float().contiguous()
 
         out = sliding_window_inference(x, self.roi_size, self.sw_batch_size, predictor, overlap=self.overlap,
                                        mode=self.mode, progress=self.progress, with_coord=True)
