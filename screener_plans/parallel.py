@@ -17,16 +17,29 @@ PRELOAD = ["monai.transforms", "screener_plans.data.preprocess", "screener_plans
 CASES_PER_WORKER = 8
 
 
+_THREADS_SHARE: int | None = None  # set in case-pool workers: their share of the cores
+
+
 def worker_threads() -> int:
-    """Threads for one volume's GIL-releasing work (scipy filters, gzip): the cores, at most 8."""
+    """Threads for one volume's GIL-releasing work (scipy filters, gzip): the cores, at most 8;
+    in a case-pool worker, its share of the cores, so N workers never run N x cores threads."""
+    if _THREADS_SHARE is not None:
+        return _THREADS_SHARE
     return max(1, min(8, os.cpu_count() or 1))
+
+
+def _set_threads_share(threads: int) -> None:
+    global _THREADS_SHARE
+    _THREADS_SHARE = max(1, int(threads))
 
 
 def case_pool(workers: int) -> ProcessPoolExecutor:
     """A process pool for per-case work, one volume in memory per worker."""
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    share = min(8, max(1, (os.cpu_count() or 1) // max(1, workers)))
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_set_threads_share,
+                               initargs=(share,))
 
 
 def map_cases(fn: Callable, items: Iterable, workers: int, on_result: Callable, on_error: Callable) -> None:

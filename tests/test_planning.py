@@ -142,3 +142,17 @@ def test_parallel_workers_give_same_fingerprint(ct_folder, tmp_path):
     a = build_fingerprint(ct_folder, tmp_path / "a", workers=1, progress=False)
     b = build_fingerprint(ct_folder, tmp_path / "b", workers=2, progress=False)
     assert a["pooled_hu"] == b["pooled_hu"] and a["cases"] == b["cases"]
+
+
+def test_case_pool_workers_share_the_cores(monkeypatch):
+    """N preprocessing workers each get cores / N threads for their volume's work, not all cores."""
+    import os
+
+    from screener_plans import parallel
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    with parallel.case_pool(2) as pool:
+        assert pool.submit(parallel.worker_threads).result() == 4
+    with parallel.case_pool(16) as pool:
+        assert pool.submit(parallel.worker_threads).result() == 1
+    assert parallel.worker_threads() == 8  # the calling process keeps its own
