@@ -30,7 +30,7 @@ def worker_threads() -> int:
 
 def _set_threads_share(threads: int) -> None:
     global _THREADS_SHARE
-    _THREADS_SHARE = max(1, int(threads))
+    _THREADS_SHARE = threads
 
 
 def case_pool(workers: int) -> ProcessPoolExecutor:

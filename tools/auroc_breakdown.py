@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-KIND_IDS = {"lung_nodule": 1, "ground_glass": 2, "liver_mass": 3, "kidney_mass": 4}
+from screener_plans.data.synthetic import LESION_KINDS
+
+KIND_IDS = {kind: i + 1 for i, kind in enumerate(LESION_KINDS)}  # 0: not a lesion
 
 
 def auroc_breakdown(scores, lesion, lesion_group, normal_group) -> dict:
@@ -34,14 +36,15 @@ def auroc_breakdown(scores, lesion, lesion_group, normal_group) -> dict:
     if not pos.size or not neg.size:
         raise ValueError("auroc_breakdown needs both lesion and normal voxels")
     pairs = float(pos.size) * neg.size
-    # per lesion voxel: normal voxels scoring above it, ties half
-    wrong_pos = (neg.size - np.searchsorted(neg, pos, "right")) + 0.5 * (
-        np.searchsorted(neg, pos, "right") - np.searchsorted(neg, pos, "left"))
-    pos_sorted = np.sort(pos)
-    neg_all = scores[~lesion]
-    # per normal voxel: lesion voxels scoring below it, ties half
-    wrong_neg = np.searchsorted(pos_sorted, neg_all, "left") + 0.5 * (
-        np.searchsorted(pos_sorted, neg_all, "right") - np.searchsorted(pos_sorted, neg_all, "left"))
+
+    def below_and_ties(sorted_other, values):  # per value: other voxels below it, and equal to it
+        below, not_above = np.searchsorted(sorted_other, values, "left"), np.searchsorted(sorted_other, values, "right")
+        return below, not_above - below
+
+    below, ties = below_and_ties(neg, pos)
+    wrong_pos = (neg.size - below - ties) + 0.5 * ties  # per lesion voxel: normal voxels above it
+    below, ties = below_and_ties(np.sort(pos), scores[~lesion])
+    wrong_neg = below + 0.5 * ties  # per normal voxel: lesion voxels below it
     lg = np.asarray(lesion_group).ravel()[lesion]
     ng = np.asarray(normal_group).ravel()[~lesion]
     by_lesion = {g: float(wrong_pos[lg == g].sum() / pairs) for g in np.unique(lg).tolist()}

@@ -96,7 +96,7 @@ with torch.no_grad(), autocast(device, dtype):
 # alternate the two measurements, so that a machine that slows down or speeds up during the
 # run (shared cores) moves both alike and their ratio holds
 times = [bare_forward()]
-for r in range(1, repeats):
+for _ in range(1, repeats):
     ends.append(end_to_end())
     times.append(bare_forward())
 total, timing = min(ends, key=lambda e: e[0])[:2]

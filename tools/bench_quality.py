@@ -347,15 +347,6 @@ def per_kind_auroc(result: dict, kinds: dict[str, set]) -> dict:
     return out
 
 
-def auroc_losses(preds: Path, groups: dict | None) -> dict | None:
-    """Where the variant's AUROC is lost (``auroc_breakdown.py``), or None without lesion kinds."""
-    if groups is None:
-        return None
-    from auroc_breakdown import breakdown_of
-
-    return breakdown_of(preds, groups)
-
-
 def lesion_groups(data: Path, masks: Path) -> dict | None:
     """Per-voxel lesion kinds and tissues of the test scans; None (with a note) when the data
     set cannot be regenerated from its phantom seeds."""
@@ -545,6 +536,8 @@ def main(argv=None) -> int:
         default = default_variant(plans)
         kinds = kinds_by_case(data)
         groups = lesion_groups(data, masks)
+        from auroc_breakdown import breakdown_of  # tools/ is on sys.path when run as a script
+
         results, losses = {}, {}
         for variant in execution_order(args.only, default):
             vrun = args.out / "runs" / variant
@@ -558,7 +551,7 @@ def main(argv=None) -> int:
             train_variant(variant, vrun, plans, args, timings)
             preds = predict_variant(variant, vrun, plans, data, args, timings)
             results[variant] = evaluate_variant(variant, preds, data, masks, args.out)
-            losses[variant] = auroc_losses(preds, groups)
+            losses[variant] = breakdown_of(preds, groups) if groups else None
             rows = [{"variant": v, "metrics": r["metrics"], "train_minutes": train_minutes(v, timings),
                      "per_kind": per_kind_auroc(r, kinds), "n_cases": r["n_cases"], "losses": losses.get(v)}
                     for v, r in stored_results(args.out, results).items()]

@@ -13,16 +13,15 @@ from monai.data import NibabelReader
 from monai.data.utils import correct_nifti_header_if_necessary
 from monai.utils import ensure_tuple
 
+from screener_plans.data.readers import is_nifti2
 from screener_plans.gzip_codec import decompress
-
-_NIFTI2_SIZES = (540, 540 << 24)  # sizeof_hdr of a NIfTI-2 header, little- and big-endian
 
 
 def nifti_from_gz(path) -> nib.Nifti1Image:
     """The NIfTI-1 or NIfTI-2 image in a ``.nii.gz`` file, held in memory."""
     with open(path, "rb") as f:
         raw = decompress(f.read())
-    cls = nib.Nifti2Image if int.from_bytes(raw[:4], "little") in _NIFTI2_SIZES else nib.Nifti1Image
+    cls = nib.Nifti2Image if is_nifti2(raw) else nib.Nifti1Image
     return cls.from_bytes(raw)
 
 

@@ -225,6 +225,11 @@ def diagnose_unreadable(path: str) -> str | None:
     return None
 
 
+def is_nifti2(head: bytes) -> bool:
+    """True when a NIfTI file's first 4 bytes (``sizeof_hdr``) say NIfTI-2 (540, either endianness)."""
+    return int.from_bytes(head[:4], "little") in (540, 540 << 24)
+
+
 def _raw_nifti_pixdim(path: str) -> list[float] | None:
     import gzip
 
@@ -235,7 +240,7 @@ def _raw_nifti_pixdim(path: str) -> list[float] | None:
         with opener(path, "rb") as f:
             head = f.read(4)
             f.seek(0)
-            cls = nib.Nifti2Header if int.from_bytes(head, "little") in (540, 469893120) else nib.Nifti1Header
+            cls = nib.Nifti2Header if is_nifti2(head) else nib.Nifti1Header
             hdr = cls.from_fileobj(f, check=False)
         return [float(v) for v in np.asarray(hdr["pixdim"]).ravel()[:4]]
     except Exception:
