@@ -10,6 +10,7 @@ import logging
 import sys
 
 from screener_plans.errors import ScreenerError
+from screener_plans.io_utils import remove_dirs_left_empty
 
 
 def _echo(msg: str) -> None:
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fire.Fire(Screener(), command=argv, name="screener")
     except ScreenerError as e:
+        remove_dirs_left_empty()
         _echo(f"screener: error: {e}")
         return 2
     except Exception as e:
@@ -210,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         found = find_screener_error(e)
         if found is None:
             raise
+        remove_dirs_left_empty()
         _echo(f"screener: error: {found}")
         return 2
     except KeyboardInterrupt:

@@ -1,4 +1,5 @@
-"""Atomic file writes: a kill mid-write never leaves a half-written file behind."""
+"""Atomic file writes: a kill mid-write never leaves a half-written file behind, and what is
+written gets the permissions of a normally created file (temporaries are owner-only)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import shutil
 import socket
 import tempfile
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 
@@ -61,6 +63,28 @@ def sweep_stale_temporaries(folder: str | os.PathLike) -> list[str]:
     return removed
 
 
+@lru_cache(maxsize=1)
+def _umask() -> int:
+    # /proc says it without changing it; os.umask can only read by setting, which would race
+    # with files other threads create meanwhile
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_readable(path: str | os.PathLike) -> None:
+    """Give a file or folder made by ``tempfile`` (owner-only) the permissions a plain ``open``
+    or ``mkdir`` would have given it, so shared run folders and zoos stay readable by others."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
@@ -75,6 +99,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     os.close(fd)
     try:
         yield tmp
+        make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -98,13 +123,43 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         Path(tmp).write_text(text)
 
 
+_CREATED: list[Path] = []  # folders this process created, oldest first
+
+
+def make_dirs(path: str | os.PathLike) -> Path:
+    """``mkdir -p``, remembering the folders it created for ``remove_dirs_left_empty``."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    _CREATED.extend(reversed(missing))
+    return path
+
+
+def remove_dirs_left_empty() -> list[Path]:
+    """Remove the folders ``make_dirs`` created that are still empty (a command refused its
+    input after creating its output folder), newest first; returns them."""
+    removed = []
+    while _CREATED:
+        d = _CREATED.pop()
+        try:
+            d.rmdir()  # only succeeds on an empty folder
+            removed.append(d)
+        except OSError:
+            pass
+    return removed
+
+
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
     """Create ``path`` if needed and check that files can be written there."""
     from screener_plans.errors import ScreenerError
 
     path = Path(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        make_dirs(path)
     except OSError as e:
         raise ScreenerError(f"{path}: cannot create folder ({e.strerror})") from None
     if not path.is_dir():

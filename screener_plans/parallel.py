@@ -4,13 +4,18 @@ Workers start from a fork server rather than by forking the caller: a caller tha
 run PyTorch/OpenMP code would hand its workers a thread pool they can deadlock on. The server
 preloads MONAI's readers once, so workers start quickly. Pools are replaced every few cases
 per worker, so allocator growth in long-lived workers cannot accumulate over a large archive.
+Ctrl-C is the caller's alone: workers never see it (a worker interrupted while holding the
+pool's queue lock can hang the pool's shutdown), and the caller stops them at once.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
+import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from typing import Callable, Iterable
 
 PRELOAD = ["monai.transforms", "screener_plans.data.preprocess", "screener_plans.planning.fingerprint"]
@@ -28,9 +33,34 @@ def worker_threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def _set_threads_share(threads: int) -> None:
+def _init_worker(threads: int) -> None:
     global _THREADS_SHARE
     _THREADS_SHARE = threads
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the whole group
+
+
+@contextmanager
+def _sigint_held():
+    """Hold back SIGINT while worker processes start: they, and the fork server that preloads
+    modules for seconds, inherit the blocked signal; the caller gets it right after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _stop_now(pool: ProcessPoolExecutor) -> None:
+    """Drop the queued cases and end the running ones (their temporaries are swept on re-run)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.join(timeout=5)
 
 
 def case_pool(workers: int) -> ProcessPoolExecutor:
@@ -38,8 +68,7 @@ def case_pool(workers: int) -> ProcessPoolExecutor:
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     share = min(8, max(1, (os.cpu_count() or 1) // max(1, workers)))
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_set_threads_share,
-                               initargs=(share,))
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(share,))
 
 
 def map_cases(fn: Callable, items: Iterable, workers: int, on_result: Callable, on_error: Callable) -> None:
@@ -55,8 +84,10 @@ def map_cases(fn: Callable, items: Iterable, workers: int, on_result: Callable, 
         return
     chunk = workers * CASES_PER_WORKER
     for start in range(0, len(items), chunk):
-        with case_pool(workers) as pool:
-            futures = {pool.submit(fn, item): item for item in items[start:start + chunk]}
+        pool = case_pool(workers)
+        try:
+            with _sigint_held():
+                futures = {pool.submit(fn, item): item for item in items[start:start + chunk]}
             for fut in as_completed(futures):
                 item = futures[fut]
                 try:
@@ -64,3 +95,7 @@ def map_cases(fn: Callable, items: Iterable, workers: int, on_result: Callable, 
                 except Exception as e:
                     result = on_error(item, e)
                 on_result(item, result)
+        except BaseException:  # Ctrl-C, or an error in on_result: do not wait for the queue
+            _stop_now(pool)
+            raise
+        pool.shutdown(wait=True)

@@ -17,6 +17,7 @@ class Progress:
     """Prints ``label  n/total [pct] rate ETA`` at most every ``interval`` seconds.
 
     On a terminal it redraws one line; in logs (CI, nohup) it prints a line per update.
+    Items found already done (``skip``) count toward the total but not toward the rate.
     """
 
     def __init__(self, total: int, label: str, unit: str = "cases", stream=None, interval: float = 1.0,
@@ -24,8 +25,13 @@ class Progress:
         self.total, self.label, self.unit = total, label, unit
         self.stream = stream or sys.stderr
         self.interval, self.enabled = interval, enabled and total > 0
-        self.n, self.start, self._last = 0, time.monotonic(), 0.0
+        self.n, self.skipped, self.start, self._last = 0, 0, time.monotonic(), 0.0
         self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def skip(self, k: int = 1) -> None:
+        """``k`` items need no work (finished by an earlier run)."""
+        self.skipped += k
+        self.update(k)
 
     def update(self, k: int = 1, extra: str = "") -> None:
         self.n += k
@@ -36,7 +42,8 @@ class Progress:
 
     def _draw(self, now: float, extra: str) -> None:
         elapsed = now - self.start
-        rate = self.n / elapsed if elapsed > 0 else 0.0
+        worked = self.n - self.skipped
+        rate = worked / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.n) / rate if rate > 0 else 0.0
         line = (f"{self.label} {self.n}/{self.total} [{100 * self.n / self.total:3.0f}%] "
                 f"{rate:.2f} {self.unit}/s elapsed {_fmt(elapsed)} ETA {_fmt(eta)}{(' ' + extra) if extra else ''}")

@@ -36,6 +36,13 @@ def test_plan_errors_are_one_line(tmp_path, capsys, setup, needle):
     assert len(lines) == 1 and needle in lines[0], err
     assert "Traceback" not in err
     assert not (tmp_path / "run" / "plans.json").exists()
+    # the run folder it created is gone, unless it holds the fingerprint cache of a case it read
+    left = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "run").rglob("*")) \
+        if (tmp_path / "run").exists() else None
+    if setup == "corrupt":
+        assert left and all(p.startswith("run/.cache") for p in left), left
+    else:
+        assert left is None, f"a refused plan left {left} behind"
 
 
 def test_unwritable_run_dir(ct_folder, tmp_path, capsys):

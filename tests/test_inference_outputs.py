@@ -1,6 +1,7 @@
 """Inference outputs: restoring maps to the input grid, regions, calibration, overlays, writer."""
 
 import json
+import stat
 import struct
 import zlib
 
@@ -20,6 +21,7 @@ from screener_plans.inference.overlay import render_overlay, save_png
 from screener_plans.inference.regions import default_min_voxels, find_regions
 from screener_plans.inference.restore import to_original_grid, to_original_mask
 from screener_plans.inference.writer import write_case_outputs
+from screener_plans.io_utils import _umask
 
 SPACING = (1.2, 1.5, 2.0)  # file axes i, j, k
 
@@ -215,6 +217,8 @@ def test_writer_outputs(oblique_case, tmp_path):
     res = write_case_outputs(out, "obl", score, img.affine, img.array, threshold=5.0, extra={"model": np.str_("x")},
                              min_voxels=1)
     assert sorted(p.name for p in out.iterdir()) == ["obl.nii.gz", "obl.png", "obl_regions.json"]
+    for p in out.iterdir():  # as readable as a plainly created file, not owner-only like a temporary
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~_umask(), p
     nii = nib.load(res["nifti"])
     assert nii.shape == img.array.shape and nii.get_data_dtype() == np.float32
     np.testing.assert_allclose(nii.affine, img.affine, atol=1e-5)

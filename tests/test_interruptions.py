@@ -1,5 +1,6 @@
-"""SIGKILL during preprocessing and prediction: re-running the same command finishes the job,
-and nothing half-written is left for a later run to trip over (training: see test_training)."""
+"""SIGKILL during preprocessing and prediction, and Ctrl-C during multi-process preprocessing:
+re-running the same command finishes the job, and nothing half-written is left for a later run
+to trip over (training: see test_training)."""
 
 from __future__ import annotations
 
@@ -85,6 +86,47 @@ def test_killed_preprocessing_resumes(data, tmp_path):
         b, mb, _ = load_case(runs["reference"], f"case_{i}", mmap=False)
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(ma, mb)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.mark.parametrize("when", ["starting", "working"])
+def test_ctrl_c_stops_worker_processes_at_once(data, tmp_path, when):
+    """A terminal's Ctrl-C reaches the whole process group, workers and fork server included:
+    the command ends within seconds, says so in one line, and leaves no process behind."""
+    from screener_plans.planning.planner import plan
+
+    run = tmp_path / "run"
+    plan(data, run, device="cpu", workers=1, progress=False, overrides={"spacing": [2.5, 2.5, 2.5]})
+    cache = run / "preprocessed"
+    proc = subprocess.Popen(CLI + ["preprocess", str(run), "--workers", "2"], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    if when == "starting":  # while the fork server is still importing its preloaded modules
+        time.sleep(2.5)
+    else:
+        deadline = time.time() + 120
+        while not (cache.is_dir() and any(not p.name.startswith(".") for p in cache.iterdir())) \
+                and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+    assert proc.poll() is None, "preprocessing ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode in (130, -signal.SIGINT), out[-3000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+    assert "screener: interrupted" in out
+    deadline = time.time() + 10
+    while _group_alive(proc.pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _group_alive(proc.pid), "worker processes outlived the command"
+    p = subprocess.run(CLI + ["preprocess", str(run), "--workers", "2"], env=ENV, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert not _temporaries(cache)
 
 
 def test_killed_prediction_resumes(data, tmp_path):

@@ -1,9 +1,12 @@
+import stat
+
 import numpy as np
 import pytest
 
 from conftest import simple_ct, write_nifti
 from screener_plans.data.geometry import CaseGeometry
 from screener_plans.data.preprocess import cached_cases, load_case, preprocess
+from screener_plans.io_utils import _umask
 from screener_plans.planning.planner import plan
 
 
@@ -63,6 +66,9 @@ def test_preprocess_is_resumable(dotted_case, tmp_path):
     run = tmp_path / "run"
     plans = plan(data, run, device="cpu", workers=1, progress=False)
     assert preprocess(run, plans=plans, workers=1, progress=False)["done"] == 2
+    # plans and case folders are as readable as plainly created ones (temporaries are owner-only)
+    assert stat.S_IMODE((run / "plans.json").stat().st_mode) == 0o666 & ~_umask()
+    assert stat.S_IMODE((run / "preprocessed" / "dotted").stat().st_mode) == 0o777 & ~_umask()
     again = preprocess(run, plans=plans, workers=1, progress=False)
     assert (again["done"], again["cached"], again["errors"]) == (0, 2, [])
     # a killed run leaves at most a hidden temp folder and no half-written case

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -144,9 +146,22 @@ def test_bad_files(tmp_path):
         read_case(by_name["fake"])
 
 
-def test_missing_folder():
-    with pytest.raises(ScreenerError, match="does not exist"):
+def test_missing_folder_or_file_is_named_as_such():
+    with pytest.raises(ScreenerError, match="folder does not exist"):
         find_cases("/nonexistent/folder")
+    with pytest.raises(ScreenerError, match=r"scan\.nii\.gz: file does not exist"):
+        find_cases("/nonexistent/scan.nii.gz")
+
+
+def test_folder_of_image_files_inside_the_data_folder_is_pointed_out(tmp_path):
+    """``make-synthetic`` writes OUT/train and OUT/test; giving OUT itself says what to give instead."""
+    (tmp_path / "train").mkdir()
+    write_nifti(tmp_path / "train" / "a.nii.gz", simple_ct((16, 16, 10)), ras_affine())
+    (tmp_path / "empty").mkdir()
+    cases, bad = find_cases(tmp_path, with_bad=True)
+    reasons = {Path(b.path).name: b.reason for b in bad}
+    assert cases == [] and "give it as the data folder itself" in reasons["train"]
+    assert reasons["empty"] == "folder holds no DICOM files"
 
 
 @pytest.mark.parametrize("shape,match", [((32, 32), "2D"), ((32, 32, 1), "2D"), ((16, 16, 12, 3), "4D")])
@@ -183,6 +198,6 @@ def test_spacing_checks(tmp_path):
         with pytest.raises(BadCaseError) as e:
             validate_ct(read_case(c))
         msgs[c.name] = str(e.value)
-    assert "implausible voxel spacing" in msgs["huge"]
+    assert "implausible voxel spacing [1, 1, 50] mm" in msgs["huge"]
     assert "spacing" in msgs["zero"] and "zero.nii.gz" in msgs["zero"]
     assert "spacing" in msgs["negative"]

@@ -205,20 +205,53 @@ def test_density_scores_planted_anomaly_above_normal_tissue(tiny_run, tmp_path, 
     assert (tmp_path / "out" / "planted.png").stat().st_size > 1000
 
 
-def test_killed_training_resumes_to_the_same_result(tiny_run, tmp_path):
+@pytest.fixture(scope="module")
+def descriptor_reference(tiny_run, tmp_path_factory):
+    """A copy of the run before its descriptor stage, and that stage trained 30 steps uninterrupted."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("resume")
+    base = root / "base"
+    shutil.copytree(tiny_run, base, ignore=shutil.ignore_patterns("descriptor", "condition", "density"))
+    ref = root / "ref"
+    shutil.copytree(base, ref)
+    p = subprocess.run(_train_cmd(ref), env=_ENV, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return base, ref
+
+
+_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def _train_cmd(run: Path) -> list[str]:
+    return [sys.executable, "-m", "screener_plans.cli", "train", str(run), "--stage", "descriptor", "--max-steps", "30"]
+
+
+def _assert_resumes_to_reference(run: Path, ref: Path) -> str:
+    """Re-run the interrupted stage; it must end where the uninterrupted one did. Returns its log."""
+    p = subprocess.run(_train_cmd(run), env=_ENV, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "resumed from" in p.stderr + p.stdout
+    assert not list((run / "descriptor" / "checkpoints").glob(".*"))  # no temp files left behind
+    final = _log(run, "descriptor")[-1]
+    expected = _log(ref, "descriptor")[-1]
+    assert final["step"] == expected["step"] == 30
+    assert final["loss"] == pytest.approx(expected["loss"], rel=0.03)
+    a = torch.load(run / "descriptor" / "models" / "model.pt")
+    b = torch.load(ref / "descriptor" / "models" / "model.pt")
+    diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert diff < 1e-2
+    return p.stderr + p.stdout
+
+
+def test_killed_training_resumes_to_the_same_result(descriptor_reference, tmp_path):
     """SIGKILL mid-run, re-run the same command: it finishes, matching an uninterrupted run."""
     import shutil
 
+    base, ref = descriptor_reference
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("descriptor", "condition", "density"))
-    cmd = [sys.executable, "-m", "screener_plans.cli", "train", str(run), "--stage", "descriptor", "--max-steps", "30"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # uninterrupted reference in a copy of the run
-    ref_run = tmp_path / "ref"
-    shutil.copytree(run, ref_run)
-    p = subprocess.run(cmd[:4] + [str(ref_run)] + cmd[5:], env=env, capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr[-2000:]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shutil.copytree(base, run)
+    proc = subprocess.Popen(_train_cmd(run), env=_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = run / "descriptor" / "checkpoints" / "checkpoint_00000010.pt"
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
@@ -228,18 +261,37 @@ def test_killed_training_resumes_to_the_same_result(tiny_run, tmp_path):
     proc.wait()
     assert ckpt.exists()
     assert not (run / "descriptor" / "models" / "model.pt").exists()
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert "resumed from" in p.stderr + p.stdout
-    assert not list((run / "descriptor" / "checkpoints").glob(".*"))  # no temp files left behind
-    final = _log(run, "descriptor")[-1]
-    expected = _log(ref_run, "descriptor")[-1]
-    assert final["step"] == expected["step"] == 30
-    assert final["loss"] == pytest.approx(expected["loss"], rel=0.03)
-    a = torch.load(run / "descriptor" / "models" / "model.pt")
-    b = torch.load(ref_run / "descriptor" / "models" / "model.pt")
-    diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
-    assert diff < 1e-2
+    _assert_resumes_to_reference(run, ref)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes_from_it(descriptor_reference, tmp_path):
+    """Ctrl-C between periodic checkpoints (here: none planned before the end) still loses no
+    finished step: the run saves where it stopped, and the re-run continues from there."""
+    import shutil
+
+    base, ref = descriptor_reference
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    plans = json.loads((run / "plans.json").read_text())
+    plans["checkpoint_every"] = 1000
+    (run / "plans.json").write_text(json.dumps(plans))
+    log = run / "descriptor" / "logs" / "train_log.jsonl"
+    proc = subprocess.Popen(_train_cmd(run), env=_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (log.exists() and log.read_text().strip()) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(float(np.random.default_rng().uniform(0, 0.5)))
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode in (130, -signal.SIGINT), out[-2000:]  # exit 130, or ended by the signal itself
+    assert "screener: interrupted" in out
+    saved = sorted((run / "descriptor" / "checkpoints").glob("checkpoint_*.pt"))
+    assert len(saved) == 1, out[-2000:]
+    step = int(saved[0].stem.split("_")[1])
+    assert 10 <= step < 30, step
+    assert f"stopped at step {step}; checkpoint" in out
+    assert not (run / "descriptor" / "models" / "model.pt").exists()
+    assert f"(step {step})" in _assert_resumes_to_reference(run, ref)  # it went on from there
 
 
 def test_stage_bundle_inference_writes_dense_features(tiny_run, tmp_path):

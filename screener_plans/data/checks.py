@@ -25,6 +25,10 @@ def squeeze_to_3d(case: CaseImage) -> CaseImage:
     return case
 
 
+def _mm(spacing) -> str:
+    return "[" + ", ".join(f"{float(v):.4g}" for v in spacing) + "]"
+
+
 def check_geometry(case: CaseImage) -> None:
     """Refuse zero, negative, non-finite or absurd voxel spacings."""
     spacing = case.spacing
@@ -35,9 +39,9 @@ def check_geometry(case: CaseImage) -> None:
     if not np.all(np.isfinite(case.affine)):
         raise BadCaseError(case.path, "affine contains non-finite values")
     if np.any(spacing <= 1e-6):
-        raise BadCaseError(case.path, f"invalid voxel spacing {list(np.round(spacing, 4))} mm (zero)")
+        raise BadCaseError(case.path, f"invalid voxel spacing {_mm(spacing)} mm (zero)")
     if np.any(spacing > MAX_SPACING_MM):
-        raise BadCaseError(case.path, f"implausible voxel spacing {list(np.round(spacing, 3))} mm "
+        raise BadCaseError(case.path, f"implausible voxel spacing {_mm(spacing)} mm "
                                       f"(more than {MAX_SPACING_MM:g} mm); check the header")
 
 

@@ -22,7 +22,7 @@ from screener_plans.data.checks import validate_ct
 from screener_plans.data.geometry import fortran_ordered, resampled_shape, to_ras
 from screener_plans.data.readers import CaseImage, CaseSource, case_name, find_cases, read_case
 from screener_plans.errors import BadCaseError, ScreenerError
-from screener_plans.io_utils import sweep_stale_temporaries, temp_prefix
+from screener_plans.io_utils import make_readable, sweep_stale_temporaries, temp_prefix
 from screener_plans.memory import peak_rss_mb
 from screener_plans.parallel import map_cases, worker_threads
 from screener_plans.progress import Progress
@@ -187,6 +187,7 @@ def write_case(out: Path, image: np.ndarray, mask: np.ndarray, meta: dict) -> No
         np.save(tmp / "image.npy", image)
         np.save(tmp / "mask.npy", mask)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        make_readable(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -260,7 +261,10 @@ def preprocess(run_dir: str | Path, plans: dict | None = None, data_dir: str | P
 
     def collect(case, result):
         results.append(result)
-        bar.update()
+        if result.get("status") == "cached":
+            bar.skip()
+        else:
+            bar.update()
 
     map_cases(functools.partial(preprocess_case, plans=plans, run_dir=run_dir), cases, workers, on_result=collect,
               on_error=lambda c, e: {"name": c.name, "path": c.path, "status": "error",

@@ -122,6 +122,13 @@ def _dicom_files(folder: str) -> list[str]:
     return out
 
 
+def _holds_images(folder: str) -> bool:
+    try:
+        return any(_suffix(e.name) in READERS and e.is_file() for e in os.scandir(folder))
+    except OSError:
+        return False
+
+
 def find_cases(data_dir: str | Path, with_bad: bool = False):
     """List the cases in ``data_dir``, sorted by name.
 
@@ -131,7 +138,8 @@ def find_cases(data_dir: str | Path, with_bad: bool = False):
     """
     data_dir = Path(data_dir)
     if not data_dir.exists():
-        raise ScreenerError(f"{data_dir}: data folder does not exist")
+        what = "file" if _suffix(str(data_dir)) in READERS else "data folder"
+        raise ScreenerError(f"{data_dir}: {what} does not exist")
     if not data_dir.is_dir():
         # A single file is a valid input for prediction.
         suffix = _suffix(str(data_dir))
@@ -151,6 +159,9 @@ def find_cases(data_dir: str | Path, with_bad: bool = False):
             files = _dicom_files(entry.path)
             if files:
                 cases.append(CaseSource(entry.name, entry.path, "dicom", "PydicomReader", tuple(files)))
+            elif _holds_images(entry.path):  # e.g. DATA given where DATA/train was meant
+                bad.append(BadCaseError(entry.path, "a folder of image files inside the data folder; give it "
+                                        "as the data folder itself (cases are files or DICOM folders)"))
             else:
                 bad.append(BadCaseError(entry.path, "folder holds no DICOM files"))
             continue

@@ -2,7 +2,8 @@
 
 - ``ProgressLogger``: step, each loss term, lr, steps/s, data-wait share and ETA on the console,
   the same numbers in ``logs/train_log.jsonl`` and TensorBoard (when installed).
-- ``CheckpointHandler``: atomic checkpoints every N steps and at the end, keeping the last few.
+- ``CheckpointHandler``: atomic checkpoints every N steps, at the end and on Ctrl-C, keeping the
+  last few.
 - ``ResumeHandler``: continues from the newest checkpoint with the same schedule and data order.
 - ``ModelExporter``: writes the final ``models/model.pt`` atomically.
 """
@@ -13,6 +14,8 @@ import json
 import logging
 import os
 import re
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -137,26 +140,75 @@ def latest_checkpoint(save_dir: str | Path) -> Path | None:
 
 
 class CheckpointHandler:
-    """Saves ``objects`` every ``every`` steps and when training completes; keeps the newest ``keep``."""
+    """Saves ``objects`` every ``every`` steps and when training completes; keeps the newest ``keep``.
+
+    Ctrl-C (SIGINT) also saves: between steps at once, during a step once the step is done, so
+    the checkpoint never holds a half-applied update and a re-run resumes where it stopped. A
+    second Ctrl-C stops at once without saving.
+    """
 
     def __init__(self, save_dir: str, objects: dict, every: int, keep: int = 2):
         self.save_dir, self.objects, self.every, self.keep = Path(save_dir), objects, int(every), int(keep)
+        self._in_step = False
+        self._interrupted = False
+        self._previous_sigint = None
 
     def attach(self, engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._watch_interrupts, engine)
+        # a step starts once its batch is in hand: ignite counts the iteration right after
+        engine.add_event_handler(Events.GET_BATCH_COMPLETED, self._step_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._step_completed)
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every), self.save)
         engine.add_event_handler(Events.COMPLETED, self.save)
+        engine.add_event_handler(Events.COMPLETED, self._unwatch_interrupts)
 
-    def save(self, engine) -> None:
+    def save(self, engine) -> Path | None:
         if not is_main_process():
-            return
+            return None
         step = engine.state.iteration
         path = self.save_dir / f"checkpoint_{step:08d}.pt"
         if path.exists():
-            return
+            return path
         save_checkpoint(path, {**self.objects, "trainer": engine})
         old = sorted((int(m.group(1)), p) for p in self.save_dir.iterdir() if (m := CKPT_RE.search(p.name)))
         for _, p in old[: -self.keep]:
             p.unlink(missing_ok=True)
+        return path
+
+    # -- Ctrl-C: finish the step, save, stop ------------------------------------------------
+    def _watch_interrupts(self, engine) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        self._interrupted = False
+        self._previous_sigint = signal.signal(signal.SIGINT, lambda *_: self._on_sigint(engine))
+
+    def _unwatch_interrupts(self, engine=None) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def _on_sigint(self, engine) -> None:
+        if self._interrupted or not self._in_step:
+            # between steps (waiting for data, logging) the state is whole: save and stop now
+            self._stop(engine, save=not self._interrupted)
+        self._interrupted = True
+        if is_main_process():
+            logger.warning("interrupted: stopping after step %d (Ctrl-C again to stop at once, without saving)",
+                           engine.state.iteration)
+
+    def _step_started(self, engine) -> None:
+        self._in_step = True
+
+    def _step_completed(self, engine) -> None:
+        self._in_step = False
+        if self._interrupted:
+            self._stop(engine, save=True)
+
+    def _stop(self, engine, save: bool):
+        self._unwatch_interrupts()
+        path = self.save(engine) if save else None
+        where = f"; checkpoint {path} resumes it" if path is not None else ""
+        raise KeyboardInterrupt(f"stopped at step {engine.state.iteration}{where}")
 
 
 class ResumeHandler:

@@ -18,6 +18,7 @@ import torch
 from screener_plans.engines.device import launch_rank_world
 from screener_plans.errors import BadCaseError, ScreenerError
 from screener_plans.io_utils import ensure_writable_dir, sweep_stale_temporaries, write_json
+from screener_plans.memory import keep_freed_memory
 from screener_plans.progress import Progress
 
 logger = logging.getLogger("screener.predict")
@@ -91,6 +92,7 @@ class Predictor:
     def __init__(self, run_dir, plans: dict, scorer, device, threshold: float | None = None,
                  skip_bad: bool = True, overwrite: bool = False, progress: bool = True):
         self.run_dir, self.plans, self.device = Path(run_dir), plans, torch.device(device)
+        keep_freed_memory()  # no page faults for every window's activations (see memory.py)
         self.scorer = scorer.to(self.device).eval()
         self.inferer = build_inferer(plans, self.device)
         self.threshold = threshold
@@ -169,7 +171,7 @@ class Predictor:
         for case in cases:
             if not self.overwrite and self.done(out_dir, case.name):
                 summary["skipped_existing"].append(case.name)
-                bar.update()
+                bar.skip()
             else:
                 todo.append(case)
 

@@ -20,7 +20,7 @@ from screener_plans.data.checks import validate_ct
 from screener_plans.data.geometry import to_ras
 from screener_plans.data.readers import CaseSource, find_cases, read_case
 from screener_plans.errors import BadCaseError, ScreenerError
-from screener_plans.io_utils import write_json
+from screener_plans.io_utils import make_dirs, write_json
 from screener_plans.parallel import map_cases
 from screener_plans.progress import Progress
 
@@ -128,7 +128,7 @@ def _load_cached(cache_dir: Path, case: CaseSource, signature: dict) -> dict | N
 def compute_fingerprints(cases: list[CaseSource], cache_dir: Path, workers: int = 0,
                          progress: bool = True) -> list[dict]:
     """Fingerprint ``cases`` in parallel, reusing cached results whose file did not change."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(cache_dir)
     results: dict[str, dict] = {}
     todo = []
     for case in cases:
@@ -220,7 +220,8 @@ def build_fingerprint(data_dir: str | Path, run_dir: str | Path, workers: int = 
     if skipped and not skip_bad:
         listing = "; ".join(f"{s['path']}: {s['problem']}" for s in skipped[:10])
         more = f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
-        raise ScreenerError(f"{len(skipped)} case(s) cannot be used: {listing}{more}. "
+        stop = "" if (listing + more).endswith(("?", ".")) else "."
+        raise ScreenerError(f"{len(skipped)} case(s) cannot be used: {listing}{more}{stop} "
                             "Fix or remove them, or re-run with --skip-bad to leave them out")
     if not good:
         raise ScreenerError(f"{data_dir}: no readable CT images"

@@ -225,7 +225,6 @@ def export_onnx(path, out=None, opset: int = 18) -> Path:
 def _export_with(monai_export, label: str, path, out: Path, suffix: str, **kwargs) -> Path:
     """Trace the scorer of ``path`` with one of MONAI's bundle exporters into ``out`` atomically."""
     from screener_plans.io_utils import atomic_path
-    from screener_plans.zoo.package import make_readable
 
     bundle, tmp = _export_source(path)
     try:
@@ -235,6 +234,5 @@ def _export_with(monai_export, label: str, path, out: Path, suffix: str, **kwarg
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    make_readable(out)
     logger.info("%s scorer -> %s", label, os.fspath(out))
     return out

@@ -119,10 +119,8 @@ def open_source(location: str):
 def write_index(zoo_dir, index: dict) -> None:
     """Write ``model_info.json`` atomically, entries sorted by key."""
     from screener_plans.io_utils import write_json
-    from screener_plans.zoo.package import make_readable
 
     write_json(Path(zoo_dir) / INDEX_NAME, dict(sorted(index.items())))
-    make_readable(Path(zoo_dir) / INDEX_NAME)
 
 
 def versions_of(index: dict, name: str) -> list[str]:

@@ -247,16 +247,7 @@ def zip_bundle(bundle_dir, zip_path, top: str) -> tuple[str, int]:
                     shutil.copyfileobj(src, dst, 1 << 20)
         digest = sha256_file(tmp)
         size = os.path.getsize(tmp)
-        make_readable(tmp)
     return digest, size
-
-
-def make_readable(path) -> None:
-    """Give a file the permissions of a normally created one (temp files are owner-only), so a
-    shared or served zoo folder stays readable by others."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def sha256_file(path) -> str:
