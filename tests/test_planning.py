@@ -117,6 +117,7 @@ def test_plans_validation_names_the_bad_key(ct_folder, tmp_path):
         validate_plans(bad)
     with pytest.raises(ScreenerError, match="unknown plans key"):
         plan(ct_folder, tmp_path / "run2", device="cpu", overrides=["not_a_key=3"], workers=1, progress=False)
+    assert not (tmp_path / "run2").exists()  # refused before any case was read
 
 
 def test_parse_overrides():

@@ -67,6 +67,24 @@ def test_plans_from_another_schema_version_are_refused(tmp_path):
         load_plans(tmp_path / "plans.json")
 
 
+@pytest.mark.parametrize("bundle", ["screener_descriptor", "screener_density"])
+def test_monai_bundle_run_reports_a_screener_error_in_one_line(tmp_path, bundle):
+    """MONAI wraps a config expression's error in two tracebacks; the bundles print the problem."""
+    import subprocess
+    import sys
+
+    from screener_plans.bundle_runner import bundle_dir
+
+    (tmp_path / "plans.json").write_text(json.dumps({"schema_version": 7}))
+    configs = bundle_dir(bundle) / "configs"
+    p = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs / "train.yaml"),
+                        "--meta_file", str(configs / "metadata.json"), "--plans_file", str(tmp_path / "plans.json"),
+                        "--output_dir", str(tmp_path / "out")], capture_output=True, text=True)
+    assert p.returncode != 0
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert f"screener: error: {tmp_path / 'plans.json'}: plans schema version 7 is not supported" in p.stderr
+
+
 def test_incompatible_model_is_refused(tmp_path, ct_folder):
     from screener_plans.engines.models import load_stage_network
     from screener_plans.planning.planner import plan

@@ -16,7 +16,8 @@ import numpy as np
 from screener_plans import __version__
 from screener_plans.errors import ScreenerError
 from screener_plans.io_utils import ensure_writable_dir
-from screener_plans.planning.plans import PLANS_VERSION, apply_overrides, parse_overrides, save_plans
+from screener_plans.planning.plans import (PLANS_VERSION, apply_overrides, check_override_keys, parse_overrides,
+                                          save_plans)
 
 ANISOTROPY_RATIO = 3.0
 
@@ -221,8 +222,9 @@ def plan(data_dir, run_dir, device: str = "auto", memory_gb: float | None = None
         raise ScreenerError(f"{data_dir}: data folder does not exist")
     if not data_dir.is_dir():
         raise ScreenerError(f"{data_dir}: not a folder")
-    run_dir = ensure_writable_dir(run_dir)
     overrides = parse_overrides(overrides)
+    check_override_keys(overrides)  # before fingerprinting a whole archive
+    run_dir = ensure_writable_dir(run_dir)
     fingerprint = build_fingerprint(data_dir, run_dir, workers=workers, skip_bad=skip_bad, progress=progress)
     resolved = detect_device(device)
     # These two change what is derived, so they go in before derivation.

@@ -209,13 +209,19 @@ def parse_overrides(items) -> dict:
     return out
 
 
+def check_override_keys(overrides: dict) -> None:
+    """Refuse ``--set`` keys that are not plans keys (before any slow work is done)."""
+    known = set(SCHEMA) | {k.split(".")[0] for k in SCHEMA}
+    for key in overrides:
+        if key not in known and not any(key.startswith(k + ".") for k in known):
+            raise ScreenerError(f"--set {key}: unknown plans key (known keys: {', '.join(sorted(SCHEMA))})")
+
+
 def apply_overrides(plans: dict, overrides: dict) -> dict:
     """Apply user overrides to a copy of ``plans``, recording them under ``overrides``."""
     plans = copy.deepcopy(plans)
-    known = set(SCHEMA) | {k.split(".")[0] for k in SCHEMA}
+    check_override_keys(overrides)
     for key, value in overrides.items():
-        if key not in known and not any(key.startswith(k + ".") for k in known):
-            raise ScreenerError(f"--set {key}: unknown plans key (known keys: {', '.join(sorted(SCHEMA))})")
         set_key(plans, key, value)
         plans.setdefault("overrides", {})[key] = value
     return plans
