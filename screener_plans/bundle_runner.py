@@ -42,14 +42,20 @@ def find_screener_error(exc: BaseException) -> ScreenerError | None:
 
 def run_bundle(name: str, config: str = "train.yaml", **overrides) -> None:
     """``python -m monai.bundle run`` for one of Screener's bundles, with ``overrides``."""
-    from monai.bundle import run
-
+    import signal
+    import threading
     import warnings
+
+    from monai.bundle import run
 
     d = bundle_dir(name)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     # MONAI warns that configs run code; these are Screener's own shipped bundles.
     warnings.filterwarnings("ignore", message="parsing config_file")
+    # a training run that fails leaves its Ctrl-C handler (CheckpointHandler) behind: put the
+    # caller's back, for callers that go on (notebooks, scripts)
+    main = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if main else None
     try:
         run(config_file=str(d / "configs" / config), meta_file=str(d / "configs" / "metadata.json"),
             logging_file=str(d / "configs" / "logging.conf"), **overrides)
@@ -58,6 +64,9 @@ def run_bundle(name: str, config: str = "train.yaml", **overrides) -> None:
         if found is not None:
             raise found from None
         raise
+    finally:
+        if sigint is not None:
+            signal.signal(signal.SIGINT, sigint)
 
 
 def train_stage(run_dir, stage: str, max_steps=None, device=None, condition=None, density=None,

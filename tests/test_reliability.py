@@ -137,3 +137,43 @@ def test_same_seed_same_plans_and_first_losses(ct_folder, tmp_path):
 
     first, second = first_losses(), first_losses()
     np.testing.assert_allclose(first, second, rtol=1e-5)
+
+
+@pytest.mark.parametrize("where", ["in_step", "between_steps"])
+def test_ctrl_c_finishes_the_step_then_saves(tmp_path, where):
+    """SIGINT during a step lets the step finish; while waiting for data it saves at once. Either
+    way the checkpoint holds whole steps only, and the caller's SIGINT handler comes back."""
+    import os
+    import signal
+
+    from ignite.engine import Engine
+
+    from screener_plans.engines.handlers import CheckpointHandler
+
+    model = torch.nn.Linear(2, 1)
+    steps_done = []
+
+    def batches():
+        for i in range(1, 100):
+            if where == "between_steps" and i == 6:
+                os.kill(os.getpid(), signal.SIGINT)  # while the engine waits for batch 6
+            yield i
+
+    def step(engine, batch):
+        if where == "in_step" and engine.state.iteration == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        with torch.no_grad():
+            model.bias += 1.0
+        steps_done.append(engine.state.iteration)
+
+    engine = Engine(step)
+    CheckpointHandler(str(tmp_path), {"model": model}, every=1000).attach(engine)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt, match="stopped at step"):
+        engine.run(batches(), max_epochs=1, epoch_length=50)
+    stop = 4 if where == "in_step" else 5
+    assert steps_done == list(range(1, stop + 1))  # the interrupted step ran to its end; no more
+    saved = torch.load(tmp_path / f"checkpoint_{stop:08d}.pt", weights_only=False)
+    assert saved["trainer"]["iteration"] == stop
+    assert float(saved["model"]["bias"]) == pytest.approx(float(model.bias.detach()))
+    assert signal.getsignal(signal.SIGINT) is before
