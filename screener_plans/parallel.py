@@ -16,6 +16,7 @@ import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
+from multiprocessing import forkserver
 from typing import Callable, Iterable
 
 PRELOAD = ["monai.transforms", "screener_plans.data.preprocess", "screener_plans.planning.fingerprint"]
@@ -40,25 +41,33 @@ def _init_worker(threads: int) -> None:
 
 
 @contextmanager
-def _sigint_held():
-    """Hold back SIGINT while worker processes start: they, and the fork server that preloads
-    modules for seconds, inherit the blocked signal; the caller gets it right after."""
+def _sigint_ignored():
+    """Ignore SIGINT while a child process is started: an ignored signal stays ignored across
+    fork and exec (a blocked one does not survive multiprocessing's spawn)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGINT, previous)
 
 
 def _stop_now(pool: ProcessPoolExecutor) -> None:
-    """Drop the queued cases and end the running ones (their temporaries are swept on re-run)."""
+    """Drop the queued cases and end the running ones (their temporaries are swept on re-run),
+    and the fork server, which could still be preloading with worker starts queued."""
     pool.shutdown(wait=False, cancel_futures=True)
     procs = list((getattr(pool, "_processes", None) or {}).values())
     for p in procs:
         p.terminate()
+    server = getattr(forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)  # the next pool starts a fresh one
+        except OSError:
+            pass
     for p in procs:
         p.join(timeout=5)
 
@@ -67,6 +76,8 @@ def case_pool(workers: int) -> ProcessPoolExecutor:
     """A process pool for per-case work, one volume in memory per worker."""
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
+    with _sigint_ignored():  # the server, and every worker it forks, never sees Ctrl-C
+        forkserver.ensure_running()
     share = min(8, max(1, (os.cpu_count() or 1) // max(1, workers)))
     return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(share,))
 
@@ -86,8 +97,7 @@ def map_cases(fn: Callable, items: Iterable, workers: int, on_result: Callable, 
     for start in range(0, len(items), chunk):
         pool = case_pool(workers)
         try:
-            with _sigint_held():
-                futures = {pool.submit(fn, item): item for item in items[start:start + chunk]}
+            futures = {pool.submit(fn, item): item for item in items[start:start + chunk]}
             for fut in as_completed(futures):
                 item = futures[fut]
                 try:

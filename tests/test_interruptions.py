@@ -96,7 +96,7 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("when", ["starting", "working"])
+@pytest.mark.parametrize("when", ["early", "starting", "working"])
 def test_ctrl_c_stops_worker_processes_at_once(data, tmp_path, when):
     """A terminal's Ctrl-C reaches the whole process group, workers and fork server included:
     the command ends within seconds, says so in one line, and leaves no process behind."""
@@ -107,8 +107,8 @@ def test_ctrl_c_stops_worker_processes_at_once(data, tmp_path, when):
     cache = run / "preprocessed"
     proc = subprocess.Popen(CLI + ["preprocess", str(run), "--workers", "2"], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    if when == "starting":  # while the fork server is still importing its preloaded modules
-        time.sleep(2.5)
+    if when != "working":  # while the command or the fork server is still importing modules
+        time.sleep(1.0 if when == "early" else 2.5)
     else:
         deadline = time.time() + 120
         while not (cache.is_dir() and any(not p.name.startswith(".") for p in cache.iterdir())) \
@@ -116,7 +116,9 @@ def test_ctrl_c_stops_worker_processes_at_once(data, tmp_path, when):
             time.sleep(0.02)
     assert proc.poll() is None, "preprocessing ended before it could be interrupted"
     os.killpg(proc.pid, signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
+    t0 = time.time()
+    out, _ = proc.communicate(timeout=30)  # until every process holding its output has ended
+    assert time.time() - t0 < 5, f"took {time.time() - t0:.1f} s to stop"
     assert proc.returncode in (130, -signal.SIGINT), out[-3000:]
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
     assert "screener: interrupted" in out

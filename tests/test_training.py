@@ -276,12 +276,13 @@ def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes_from_it(descriptor_refe
     plans["checkpoint_every"] = 1000
     (run / "plans.json").write_text(json.dumps(plans))
     log = run / "descriptor" / "logs" / "train_log.jsonl"
-    proc = subprocess.Popen(_train_cmd(run), env=_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(_train_cmd(run), env=_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     deadline = time.time() + 120
     while not (log.exists() and log.read_text().strip()) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     time.sleep(float(np.random.default_rng().uniform(0, 0.5)))
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: data-loader workers get it too
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode in (130, -signal.SIGINT), out[-2000:]  # exit 130, or ended by the signal itself
     assert "screener: interrupted" in out

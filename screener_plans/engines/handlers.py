@@ -152,6 +152,7 @@ class CheckpointHandler:
         self._in_step = False
         self._interrupted = False
         self._previous_sigint = None
+        self._pid = os.getpid()
 
     def attach(self, engine) -> None:
         engine.add_event_handler(Events.STARTED, self._watch_interrupts, engine)
@@ -180,6 +181,7 @@ class CheckpointHandler:
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         self._interrupted = False
+        self._pid = os.getpid()
         self._previous_sigint = signal.signal(signal.SIGINT, lambda *_: self._on_sigint(engine))
 
     def _unwatch_interrupts(self, engine=None) -> None:
@@ -188,6 +190,8 @@ class CheckpointHandler:
             self._previous_sigint = None
 
     def _on_sigint(self, engine) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked data-loader worker: the trainer stops it when it stops
         if self._interrupted or not self._in_step:
             # between steps (waiting for data, logging) the state is whole: save and stop now
             self._stop(engine, save=not self._interrupted)

@@ -48,7 +48,7 @@ def build_inferer(plans: dict, device, progress: bool = False):
 
 
 def calibrate(run_dir, plans: dict | None = None, scorer=None, device="auto", max_cases: int = 8,
-              quantile: float | None = None) -> dict:
+              quantile: float | None = None, progress: bool = True) -> dict:
     """Score up to ``max_cases`` training scans and store the body-voxel score quantile as threshold."""
     from screener_plans.data.dataset import training_cases
     from screener_plans.data.preprocess import load_case
@@ -65,12 +65,15 @@ def calibrate(run_dir, plans: dict | None = None, scorer=None, device="auto", ma
     names = training_cases(run_dir, plans)
     rng = np.random.default_rng(plans["seed"])
     chosen = [names[i] for i in sorted(rng.choice(len(names), size=min(max_cases, len(names)), replace=False))]
+    keep_freed_memory()  # as in prediction: no page faults for every window's activations
+    bar = Progress(len(chosen), "calibrate", enabled=progress)
 
     def maps():
         for name in chosen:
             image, mask, meta = load_case(run_dir, name)
             score = inferer(scorer, image, meta["crop_origin_mm"], meta["spacing"], device)
             yield score, np.asarray(mask) > 0
+            bar.update()
 
     result = calibrate_threshold(maps(), quantile=quantile)
     result = {**result, "cases": chosen}
