@@ -24,7 +24,14 @@ class Screener:
     """
 
     def make_synthetic(self, out_dir, cases: int = 24, seed: int = 0, test_cases: int | None = None):
-        """Write a synthetic CT data set: OUT_DIR/train (unlabeled), OUT_DIR/test/{images,labels}."""
+        """Write a synthetic CT data set: OUT_DIR/train (unlabeled), OUT_DIR/test/{images,labels}.
+
+        Args:
+            out_dir: folder to write; give OUT_DIR/train to `plan`, OUT_DIR/test/images to `predict`.
+            cases: number of scans in all.
+            seed: data seed (the same seed writes the same scans).
+            test_cases: scans in the labelled test split (default: a quarter).
+        """
         from screener_plans.data.synthetic import make_synthetic_dataset
 
         kwargs = {"cases": int(cases), "seed": int(seed)}
@@ -38,7 +45,15 @@ class Screener:
              workers: int = 0, seed: int = 0, set=None):  # noqa: A002 - `--set key=value` is the public flag
         """Fingerprint DATA_DIR and write RUN_DIR/fingerprint.json and RUN_DIR/plans.json.
 
-        --device auto|cpu|cuda, --memory-gb G, --set key=value (repeatable), --skip-bad.
+        Args:
+            data_dir: folder of CT scans (files or DICOM series folders), one case each.
+            run_dir: folder for plans, cache, models (created).
+            device: auto|cpu|cuda: the device the plans are sized for.
+            memory_gb: memory budget per device (default: what the device has).
+            skip_bad: leave out unusable scans instead of stopping.
+            workers: processes for reading scans (0: one per core, fewer if memory is short).
+            seed: seed recorded in the plans for training.
+            set: override a plans value, key=value (repeatable), e.g. --set crop_size=[64,64,64].
         """
         from screener_plans.planning.planner import plan
 
@@ -51,7 +66,14 @@ class Screener:
               f"crop {plans['crop_size']}, batch {plans['batch_size']}, window {plans['intensity']['window']})")
 
     def preprocess(self, run_dir, workers: int = 0, data_dir=None, skip_bad: bool = False):
-        """Preprocess the planned cases into RUN_DIR/preprocessed (resumable); --skip-bad goes on past bad cases."""
+        """Preprocess the planned cases into RUN_DIR/preprocessed (resumable).
+
+        Args:
+            run_dir: a planned run.
+            workers: worker processes (0: one per core, fewer if memory is short).
+            data_dir: the data folder, if it moved since `plan`.
+            skip_bad: go on past scans that cannot be used.
+        """
         from screener_plans.data.preprocess import preprocess
 
         summary = preprocess(run_dir, data_dir=data_dir, workers=workers, skip_bad=skip_bad)
@@ -65,9 +87,16 @@ class Screener:
               features: str | None = None, intensity_prior=None):
         """Train one stage (descriptor|condition|density) through its MONAI bundle; resumes by default.
 
-        Density only: --condition masked|sincos|none, --density gaussian|flow,
-        --features descriptor|intensity|descriptor+intensity, --intensity-prior true|false
-        (defaults: from plans.json).
+        Args:
+            run_dir: a preprocessed run.
+            stage: descriptor|condition|density.
+            max_steps: steps to train (default: the plans' steps for the stage).
+            device: auto|cpu|cuda (default: auto).
+            condition: density only: masked|sincos|none (default: from plans.json).
+            density: density only: gaussian|flow (default: from plans.json).
+            resume: continue from the stage's newest checkpoint.
+            features: density only: descriptor|intensity|descriptor+intensity (default: plans).
+            intensity_prior: density only: true|false, add -log p(HU) (default: plans).
         """
         from screener_plans.bundle_runner import train_stage
 
@@ -76,7 +105,13 @@ class Screener:
         _echo(f"{stage} model: {path}")
 
     def calibrate(self, run_dir, device: str = "auto", max_cases: int = 8):
-        """Set the region threshold from the training scans' scores (RUN_DIR/calibration.json)."""
+        """Set the region threshold from the training scans' scores (RUN_DIR/calibration.json).
+
+        Args:
+            run_dir: a trained run.
+            device: auto|cpu|cuda.
+            max_cases: training scans to score.
+        """
         from screener_plans.inference.predict import calibrate
 
         result = calibrate(run_dir, device=device, max_cases=max_cases)
@@ -86,7 +121,14 @@ class Screener:
                 overwrite: bool = False, torchscript=None):
         """Anomaly maps, regions and pictures for a CT file or folder (the inference bundle, wrapped).
 
-        RUN_DIR: a trained run or a fetched model. --torchscript: use RUN_DIR/models/model.ts (or --torchscript PATH).
+        Args:
+            run_dir: a trained run or a model fetched from a zoo.
+            input: a CT file or a folder of CTs.
+            output_dir: where <case>.nii.gz, <case>_regions.json and <case>.png are written.
+            device: auto|cpu|cuda.
+            skip_bad: skip unusable scans (listed at the end) instead of stopping.
+            overwrite: score again cases whose outputs exist (default: skip them, so a re-run resumes).
+            torchscript: use RUN_DIR/models/model.ts (true) or the TorchScript file at this path.
         """
         from screener_plans.bundle_runner import run_bundle
 
@@ -105,8 +147,19 @@ class Screener:
                        intensity_prior=None):
         """Plan, preprocess, train the stages the density needs, calibrate. Re-running resumes.
 
-        --features descriptor|intensity|descriptor+intensity: what the density scores (with
-        intensity alone no descriptor is trained); --intensity-prior true|false: add -log p(HU).
+        Args:
+            data_dir: folder of CT scans (files or DICOM series folders), one case each.
+            run_dir: folder for plans, cache, models (created).
+            budget_minutes: set the steps so the whole run ends within this many minutes here.
+            device: auto|cpu|cuda.
+            condition: masked|sincos|none (default: the preset's).
+            density: gaussian|flow (default: the preset's).
+            skip_bad: leave out unusable scans instead of stopping.
+            workers: processes for reading and preprocessing (0: one per core, fewer if memory is short).
+            set: override a plans value, key=value (repeatable).
+            features: what the density scores: descriptor|intensity|descriptor+intensity (with
+                intensity alone no descriptor is trained).
+            intensity_prior: true|false: add -log p(HU) under the training scans' histogram.
         """
         from screener_plans.pipeline import plan_and_train
 
@@ -117,13 +170,28 @@ class Screener:
 
     def demo(self, out_dir="screener_demo", budget_minutes: float = 10.5, cases: int | None = None,
              device: str = "auto"):
-        """Synthetic data -> plan-and-train -> predict -> evaluate; prints metrics and picture paths."""
+        """Synthetic data -> plan-and-train -> predict -> evaluate; prints metrics and picture paths.
+
+        Args:
+            out_dir: folder for the data, the run, the predictions and the metrics.
+            budget_minutes: training budget (the whole demo takes about this long).
+            cases: synthetic scans (default: 32).
+            device: auto|cpu|cuda.
+        """
         from screener_plans.demo import run_demo
 
         print(run_demo(out_dir, budget_minutes=budget_minutes, cases=cases, device=device))
 
     def evaluate(self, pred_dir, labels_dir, mask_dir=None, output=None):
-        """Print AUROC, AUROC@FPR0.3 and AUPRO@FPR0.3 (pooled and per case) as JSON."""
+        """Print AUROC, AUROC@FPR0.3 and AUPRO@FPR0.3 (pooled and per case) as JSON.
+
+        Args:
+            pred_dir: anomaly maps (<case>.nii.gz) from `predict`.
+            labels_dir: label masks with the same case names.
+            mask_dir: masks limiting the voxels counted (default: every voxel; outside the body
+                the maps hold their lowest score).
+            output: also write the JSON to this file.
+        """
         from screener_plans.metrics import evaluate
 
         result = evaluate(pred_dir, labels_dir, mask_dir=mask_dir)
