@@ -26,5 +26,4 @@ def _one_line_for_screener_errors(kind, value, tb):
     sys.stderr.flush()
 
 
-if sys.excepthook is not _one_line_for_screener_errors:
-    sys.excepthook = _one_line_for_screener_errors
+sys.excepthook = _one_line_for_screener_errors

@@ -152,7 +152,7 @@ class CheckpointHandler:
         self._in_step = False
         self._interrupted = False
         self._previous_sigint = None
-        self._pid = os.getpid()
+        self._pid = None  # the process that set the handler (forked workers inherit it)
 
     def attach(self, engine) -> None:
         engine.add_event_handler(Events.STARTED, self._watch_interrupts, engine)

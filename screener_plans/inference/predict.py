@@ -42,6 +42,7 @@ def load_threshold(run_dir) -> float | None:
 def build_inferer(plans: dict, device, progress: bool = False):
     from screener_plans.inference.sliding import ScorerInferer
 
+    keep_freed_memory()  # whole-scan scoring: no page faults for every window's activations (memory.py)
     inf = plans["inference"]
     return ScorerInferer(plans["crop_size"], inf["overlap"], inf["blend"], inf["sw_batch_size"],
                          amp=plans["amp"], progress=progress)
@@ -65,7 +66,6 @@ def calibrate(run_dir, plans: dict | None = None, scorer=None, device="auto", ma
     names = training_cases(run_dir, plans)
     rng = np.random.default_rng(plans["seed"])
     chosen = [names[i] for i in sorted(rng.choice(len(names), size=min(max_cases, len(names)), replace=False))]
-    keep_freed_memory()  # as in prediction: no page faults for every window's activations
     bar = Progress(len(chosen), "calibrate", enabled=progress)
 
     def maps():
@@ -95,7 +95,6 @@ class Predictor:
     def __init__(self, run_dir, plans: dict, scorer, device, threshold: float | None = None,
                  skip_bad: bool = True, overwrite: bool = False, progress: bool = True):
         self.run_dir, self.plans, self.device = Path(run_dir), plans, torch.device(device)
-        keep_freed_memory()  # no page faults for every window's activations (see memory.py)
         self.scorer = scorer.to(self.device).eval()
         self.inferer = build_inferer(plans, self.device)
         self.threshold = threshold
