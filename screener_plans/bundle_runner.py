@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from screener_plans.errors import ScreenerError
+from screener_plans.log_setup import root_logger_kept
 
 STAGE_BUNDLES = {"descriptor": "screener_descriptor", "condition": "screener_condition", "density": "screener_density"}
 
@@ -57,8 +58,9 @@ def run_bundle(name: str, config: str = "train.yaml", **overrides) -> None:
     main = threading.current_thread() is threading.main_thread()
     sigint = signal.getsignal(signal.SIGINT) if main else None
     try:
-        run(config_file=str(d / "configs" / config), meta_file=str(d / "configs" / "metadata.json"),
-            logging_file=str(d / "configs" / "logging.conf"), **overrides)
+        with root_logger_kept():
+            run(config_file=str(d / "configs" / config), meta_file=str(d / "configs" / "metadata.json"),
+                logging_file=str(d / "configs" / "logging.conf"), **overrides)
     except Exception as e:
         found = find_screener_error(e)
         if found is not None:

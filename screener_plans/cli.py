@@ -6,11 +6,11 @@ Every user-caused failure is printed as one line, ``screener: error: ...``, with
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
 from screener_plans.errors import ScreenerError
 from screener_plans.io_utils import remove_dirs_left_empty
+from screener_plans.log_setup import log_to_stderr, root_logger_kept
 
 
 def _echo(msg: str) -> None:
@@ -267,7 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     sets, argv = _collect_repeated(argv, "--set")
     if sets:
         argv += ["--set", json.dumps(sets)]
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    with root_logger_kept() as root:
+        log_to_stderr(root)
+        return _run_command(fire, argv)
+
+
+def _run_command(fire, argv: list[str]) -> int:
     try:
         fire.Fire(Screener(), command=argv, name="screener")
     except ScreenerError as e:

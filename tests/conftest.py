@@ -9,6 +9,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+# MONAI's module loggers (monai.bundle.scripts, ...) bind the sys.stdout of their import: import
+# them here, under pytest's session-wide stream, not inside a test whose capsys stream then closes.
+import monai.bundle  # noqa: F401,E402
+
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 

@@ -1,3 +1,5 @@
+import io
+import logging
 import subprocess
 import sys
 
@@ -50,6 +52,27 @@ def test_unwritable_run_dir(ct_folder, tmp_path, capsys):
     blocker.write_text("x")
     code, err = _run(["plan", str(ct_folder), str(blocker / "run")], capsys)
     assert code == 2 and "cannot create folder" in err and str(blocker) in err
+
+
+def test_each_call_logs_to_its_own_stderr(tmp_path, monkeypatch):
+    """main() called twice in one process (a notebook, a script): each call's log messages reach
+    the sys.stderr of that call, and the root logger is left as it was found."""
+    import numpy as np
+    from conftest import ras_affine, write_nifti
+
+    for sub, arr in (("pred", np.linspace(0, 1, 512, dtype=np.float32)),
+                     ("labels", (np.arange(512) % 7 == 0).astype(np.uint8))):
+        (tmp_path / sub).mkdir()
+        write_nifti(tmp_path / sub / "case.nii.gz", arr.reshape(8, 8, 8), ras_affine(), dtype=arr.dtype)
+    root = logging.getLogger()
+    before = (root.handlers[:], root.level)
+    for _ in range(2):
+        stream = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", stream)
+        assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "labels")]) == 0
+        assert "evaluated case:" in stream.getvalue(), stream.getvalue()
+        stream.close()  # as pytest closes a finished test's capture
+    assert (root.handlers, root.level) == before
 
 
 def test_preprocess_without_plans(tmp_path, capsys):

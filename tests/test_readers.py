@@ -157,10 +157,13 @@ def test_folder_of_image_files_inside_the_data_folder_is_pointed_out(tmp_path):
     """``make-synthetic`` writes OUT/train and OUT/test; giving OUT itself says what to give instead."""
     (tmp_path / "train").mkdir()
     write_nifti(tmp_path / "train" / "a.nii.gz", simple_ct((16, 16, 10)), ras_affine())
+    (tmp_path / "test" / "images").mkdir(parents=True)
+    write_nifti(tmp_path / "test" / "images" / "b.nii.gz", simple_ct((16, 16, 10)), ras_affine())
     (tmp_path / "empty").mkdir()
     cases, bad = find_cases(tmp_path, with_bad=True)
     reasons = {Path(b.path).name: b.reason for b in bad}
     assert cases == [] and "give it as the data folder itself" in reasons["train"]
+    assert "subfolder images/ holds image files; give that folder as the data folder" in reasons["test"]
     assert reasons["empty"] == "folder holds no DICOM files"
 
 

@@ -308,8 +308,13 @@ def test_stage_bundle_inference_writes_dense_features(tiny_run, tmp_path):
 
     scan = sorted((tiny_run.parent / "data" / "test" / "images").glob("*.nii.gz"))[0]
     out = tmp_path / "features.nii.gz"
+    import logging
+
+    handlers = logging.getLogger().handlers[:]
     run_bundle("screener_descriptor", "inference.yaml", plans_file=str(tiny_run / "plans.json"), image=str(scan),
                output=str(out), device="cpu")
+    # the bundle's logging.conf (a handler bound to this moment's stdout) does not outlive the run
+    assert logging.getLogger().handlers == handlers
     feats = nib.load(str(out))
     plans = load_plans(tiny_run / "plans.json")
     img = read_case(find_cases(scan)[0])

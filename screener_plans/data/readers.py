@@ -129,6 +129,17 @@ def _holds_images(folder: str) -> bool:
         return False
 
 
+def _image_folder_in(folder: str) -> str | None:
+    """``folder`` or a direct subfolder (e.g. ``test/images``) that holds image files, if any."""
+    if _holds_images(folder):
+        return folder
+    try:
+        subs = sorted(e.path for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    except OSError:
+        return None
+    return next((d for d in subs if _holds_images(d)), None)
+
+
 def find_cases(data_dir: str | Path, with_bad: bool = False):
     """List the cases in ``data_dir``, sorted by name.
 
@@ -159,9 +170,11 @@ def find_cases(data_dir: str | Path, with_bad: bool = False):
             files = _dicom_files(entry.path)
             if files:
                 cases.append(CaseSource(entry.name, entry.path, "dicom", "PydicomReader", tuple(files)))
-            elif _holds_images(entry.path):  # e.g. DATA given where DATA/train was meant
-                bad.append(BadCaseError(entry.path, "a folder of image files inside the data folder; give it "
-                                        "as the data folder itself (cases are files or DICOM folders)"))
+            elif (images := _image_folder_in(entry.path)) is not None:  # DATA given where DATA/train was meant
+                what = ("a folder of image files inside the data folder; give it" if images == entry.path
+                        else f"its subfolder {Path(images).name}/ holds image files; give that folder")
+                bad.append(BadCaseError(entry.path, f"{what} as the data folder itself "
+                                        "(cases are files or DICOM folders)"))
             else:
                 bad.append(BadCaseError(entry.path, "folder holds no DICOM files"))
             continue
