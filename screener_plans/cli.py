@@ -288,8 +288,9 @@ def _run_command(fire, argv: list[str]) -> int:
         remove_dirs_left_empty()
         _echo(f"screener: error: {found}")
         return 2
-    except KeyboardInterrupt:
-        _echo("screener: interrupted")
+    except KeyboardInterrupt as e:
+        # a training run says where it stopped and which checkpoint resumes it
+        _echo(f"screener: interrupted: {e}" if str(e) else "screener: interrupted")
         return 130
     except fire.core.FireExit as e:
         return int(e.code or 0)

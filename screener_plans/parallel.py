@@ -26,12 +26,17 @@ CASES_PER_WORKER = 8
 _THREADS_SHARE: int | None = None  # set in case-pool workers: their share of the cores
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: a container's or taskset's limit)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def worker_threads() -> int:
     """Threads for one volume's GIL-releasing work (scipy filters, gzip): the cores, at most 8;
     in a case-pool worker, its share of the cores, so N workers never run N x cores threads."""
     if _THREADS_SHARE is not None:
         return _THREADS_SHARE
-    return max(1, min(8, os.cpu_count() or 1))
+    return max(1, min(8, usable_cpus()))
 
 
 def _init_worker(threads: int) -> None:
@@ -78,7 +83,7 @@ def case_pool(workers: int) -> ProcessPoolExecutor:
     ctx.set_forkserver_preload(PRELOAD)
     with _sigint_ignored():  # the server, and every worker it forks, never sees Ctrl-C
         forkserver.ensure_running()
-    share = min(8, max(1, (os.cpu_count() or 1) // max(1, workers)))
+    share = min(8, max(1, usable_cpus() // max(1, workers)))
     return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(share,))
 
 

@@ -78,13 +78,17 @@ def test_single_window_batches_are_scored_in_pairs_with_the_same_maps(env):
     assert span > 0 and float(np.abs(got - ref).max()) <= TOLERANCE * span
 
 
-def test_threaded_folder_pipeline_matches_case_by_case(env, tmp_path):
+@pytest.mark.parametrize("overlap", [True, False])
+def test_folder_pipeline_matches_case_by_case(env, tmp_path, overlap):
+    """Over a folder, with background reading/writing threads or without, the maps are those of
+    scoring each case alone."""
     from screener_plans.engines.models import load_scorer
     from screener_plans.inference.predict import Predictor
     from screener_plans.data.readers import find_cases
 
     plans = env["plans"]
-    pred = Predictor(env["run"], plans, load_scorer(env["run"], plans), "cpu", threshold=1.0, progress=False)
+    pred = Predictor(env["run"], plans, load_scorer(env["run"], plans), "cpu", threshold=1.0, progress=False,
+                     overlap=overlap)
     summary = pred.run(env["data"], tmp_path / "folder")
     assert [d["case"] for d in summary["done"]] == [f"case_{i}" for i in range(4)]
     for case in find_cases(env["data"]):
@@ -93,6 +97,20 @@ def test_threaded_folder_pipeline_matches_case_by_case(env, tmp_path):
     assert a.keys() == b.keys() and len(a) == 4
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_background_threads_only_where_they_have_a_core(monkeypatch):
+    import torch
+
+    from screener_plans import parallel
+    from screener_plans.inference.predict import overlap_io
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(parallel, "usable_cpus", lambda: threads)
+    assert not overlap_io(torch.device("cpu"))  # 2 cores, 2 PyTorch threads: they would compete
+    assert overlap_io(torch.device("cuda"))  # the GPU computes while the CPU reads
+    monkeypatch.setattr(parallel, "usable_cpus", lambda: threads + 1)
+    assert overlap_io(torch.device("cpu"))
 
 
 def test_torchrun_shards_cases_across_ranks(env, tmp_path):

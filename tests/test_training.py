@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -290,7 +291,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes_from_it(descriptor_refe
     assert len(saved) == 1, out[-2000:]
     step = int(saved[0].stem.split("_")[1])
     assert 10 <= step < 30, step
-    assert f"stopped at step {step}; checkpoint" in out
+    assert f"screener: interrupted: stopped at step {step}; checkpoint" in out  # the last line says where
     assert not (run / "descriptor" / "models" / "model.pt").exists()
     assert f"(step {step})" in _assert_resumes_to_reference(run, ref)  # it went on from there
 

@@ -11,9 +11,10 @@ then, in a fresh process per preset:
    repeat, so that drift of a shared machine moves both alike;
 3. overhead = end-to-end / bare forward (target <= 1.3 at overlap 0.25);
 4. peak RSS of the process (target < 4 GB on CPU) and peak GPU memory where a GPU is used;
-5. archive throughput: ``screener predict`` over a folder of ``--folder-scans`` copies, whose
-   background threads read/preprocess the next scan and write the previous one while the
-   current one is scored: seconds per scan and overhead per scan.
+5. archive throughput: ``screener predict`` over a folder of ``--folder-scans`` copies, seconds
+   and overhead per scan, with background threads that read/preprocess the next scan and write
+   the previous one while the current one is scored, and without (the row marked is what
+   ``screener predict`` does on this machine: threads only where they have a core of their own).
 
     python tools/bench_inference.py --presets tiny --device cpu --out /tmp/screener_bench_inference
 """
@@ -35,7 +36,7 @@ from monai.inferers import sliding_window_inference
 from screener_plans.data.readers import find_cases
 from screener_plans.engines.device import amp_dtype, autocast, resolve_device
 from screener_plans.engines.models import load_scorer
-from screener_plans.inference.predict import Predictor, load_threshold
+from screener_plans.inference.predict import Predictor, load_threshold, overlap_io
 from screener_plans.memory import peak_rss_mb
 from screener_plans.planning.plans import load_plans
 
@@ -103,9 +104,10 @@ total, timing = min(ends, key=lambda e: e[0])[:2]
 forward = min(times)
 peak_case = peak_rss_mb()
 
-# archive throughput: ``screener predict`` over a folder of N copies, with its background
-# reading/preprocessing and writing threads overlapping the scoring of neighbouring scans
-folder = None
+# archive throughput: ``screener predict`` over a folder of N copies, the way it runs here
+# (background reading/writing threads overlapping the scoring, or not: ``overlap_io``), and the
+# other way for comparison
+folder = folder_other = None
 if folder_scans > 0:
     src = out.parent / (out.name + "_folder_in")
     src.mkdir(parents=True, exist_ok=True)
@@ -114,15 +116,21 @@ if folder_scans > 0:
         if not link.exists():
             link.symlink_to(scan.resolve())
     predictor.progress = False
-    t0 = time.perf_counter()
-    summary = predictor.run(src, out.parent / (out.name + "_folder_out"))
-    wall = time.perf_counter() - t0
-    assert len(summary["done"]) == folder_scans, summary
-    folder = {"scans": folder_scans, "wall_s": wall, "per_scan_s": wall / folder_scans,
-              "overhead": wall / folder_scans / forward}
+
+    def over_folder(overlap):
+        predictor.overlap = overlap
+        t0 = time.perf_counter()
+        summary = predictor.run(src, out.parent / (out.name + "_folder_out"))
+        wall = time.perf_counter() - t0
+        assert len(summary["done"]) == folder_scans, summary
+        return {"scans": folder_scans, "background_threads": overlap, "wall_s": wall,
+                "per_scan_s": wall / folder_scans, "overhead": wall / folder_scans / forward}
+
+    chosen = overlap_io(device)
+    folder, folder_other = over_folder(chosen), over_folder(not chosen)
 
 print("RESULT " + json.dumps({
-    "folder": folder, "peak_rss_case_mb": peak_case,
+    "folder": folder, "folder_other": folder_other, "peak_rss_case_mb": peak_case,
     "end_to_end_s": total, "phases_s": timing, "bare_forward_s": forward, "overhead": total / forward,
     "windows": len(windows), "sw_batch_size": bs, "cache_shape": list(shape), "crop": list(roi),
     "peak_rss_mb": peak_rss_mb(),
@@ -177,12 +185,16 @@ def table(rows: list[dict]) -> str:
                      f"{gpu} |")
     folders = [r for r in rows if r.get("folder")]
     if folders:
-        lines += ["", "| preset | device | folder of | wall (s) | per scan (s) | bare forward (s) | overhead per scan | "
-                      "peak RSS (GB) |", "|---" * 8 + "|"]
+        lines += ["", "| preset | device | folder of | background read/write threads | wall (s) | per scan (s) | "
+                      "bare forward (s) | overhead per scan | peak RSS (GB) |", "|---" * 9 + "|"]
         for r in folders:
-            f = r["folder"]
-            lines.append(f"| {r['preset']} | {r['device']} | {f['scans']} | {f['wall_s']:.1f} | {f['per_scan_s']:.1f} | "
-                         f"{r['bare_forward_s']:.1f} | {f['overhead']:.2f} | {r['peak_rss_mb'] / 1024:.2f} |")
+            for f, note in ((r["folder"], " (what predict does here)"), (r.get("folder_other"), "")):
+                if f is None:
+                    continue
+                lines.append(f"| {r['preset']} | {r['device']} | {f['scans']} | "
+                             f"{'yes' if f['background_threads'] else 'no'}{note} | {f['wall_s']:.1f} | "
+                             f"{f['per_scan_s']:.1f} | {r['bare_forward_s']:.1f} | {f['overhead']:.2f} | "
+                             f"{r['peak_rss_mb'] / 1024:.2f} |")
     return "\n".join(lines)
 
 

@@ -305,7 +305,6 @@ def read_case(case: CaseSource) -> CaseImage:
         raise BadCaseError(case.path, "permission denied")
     # MONAI's reader classes, called directly: LoadImage around them adds a MetaTensor and
     # copies that cost more than the read itself on a 512x512x300 scan (2.7 s vs 0.8 s).
-    import monai.data
     from monai.utils import OptionalImportError
 
     unavailable = (f"MONAI's {case.reader} is unavailable; install it with: "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -48,7 +47,9 @@ def loader_workers(device: torch.device, requested=None) -> int:
     """Data-loader worker processes: as asked, else leave the CPU to compute on CPU-only machines."""
     if requested not in (None, ""):
         return max(0, int(requested))
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from screener_plans.parallel import usable_cpus
+
+    cpus = usable_cpus()
     if torch.device(device).type == "cuda":
         return max(1, min(8, cpus - 1))
     return 1 if cpus <= 4 else min(4, cpus // 4)

@@ -88,13 +88,15 @@ class Predictor:
 
     Over a folder, the next case is read and preprocessed in a background thread while the
     current one is scored, and finished maps are written in another thread while the next one
-    is scored. Under ``torchrun`` each rank takes every WORLD_SIZE-th case (on its own GPU), so
+    is scored, where that work has a core of its own: on a GPU, or on a CPU with more cores than
+    PyTorch's threads (``overlap=None`` decides so; elsewhere it would only slow the scoring). Under ``torchrun`` each rank takes every WORLD_SIZE-th case (on its own GPU), so
     every case is written exactly once; the summaries are gathered on every rank.
     """
 
     def __init__(self, run_dir, plans: dict, scorer, device, threshold: float | None = None,
-                 skip_bad: bool = True, overwrite: bool = False, progress: bool = True):
+                 skip_bad: bool = True, overwrite: bool = False, progress: bool = True, overlap: bool | None = None):
         self.run_dir, self.plans, self.device = Path(run_dir), plans, torch.device(device)
+        self.overlap = overlap_io(self.device) if overlap is None else bool(overlap)
         self.scorer = scorer.to(self.device).eval()
         self.inferer = build_inferer(plans, self.device)
         self.threshold = threshold
@@ -183,7 +185,10 @@ class Predictor:
                                     "timing": res["timing"]})
             bar.update()
 
-        with ThreadPoolExecutor(1, "screener-load") as loader, ThreadPoolExecutor(1, "screener-write") as writer:
+        def executor(name):
+            return ThreadPoolExecutor(1, name) if self.overlap else InlineExecutor()
+
+        with executor("screener-load") as loader, executor("screener-write") as writer:
             upcoming = loader.submit(self.load, todo[0]) if todo else None
             pending = None
             for i, case in enumerate(todo):
@@ -210,6 +215,34 @@ class Predictor:
             raise ScreenerError(f"no case could be scored; first: {summary['errors'][0]['path']}: "
                                 f"{summary['errors'][0]['problem']}")
         return summary
+
+
+def overlap_io(device: torch.device) -> bool:
+    """Whether reading and writing scans in background threads speeds up scoring on ``device``:
+    on a GPU, or where PyTorch's threads leave a CPU core free (on 2 cores they only compete)."""
+    from screener_plans.parallel import usable_cpus
+
+    return device.type != "cpu" or usable_cpus() > torch.get_num_threads()
+
+
+class InlineExecutor:
+    """``ThreadPoolExecutor``'s ``submit`` running each task at once in this thread."""
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as e:  # kept for .result(), as a pool would; Ctrl-C goes through
+            future.set_exception(e)
+        return future
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def _gather(summary: dict, world: int) -> dict:

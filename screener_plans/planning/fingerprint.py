@@ -160,7 +160,9 @@ def compute_fingerprints(cases: list[CaseSource], cache_dir: Path, workers: int 
 
 def default_workers() -> int:
     """Worker processes: one per CPU, capped by memory (about 3 GB per worker for big scans)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from screener_plans.parallel import usable_cpus
+
+    cpus = usable_cpus()
     try:
         avail_gb = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
     except (ValueError, OSError, AttributeError):
