@@ -11,6 +11,7 @@ import sys
 from screener_plans.errors import ScreenerError
 from screener_plans.io_utils import remove_dirs_left_empty
 from screener_plans.log_setup import log_to_stderr, root_logger_kept
+from screener_plans.options import as_bool
 
 
 def _echo(msg: str) -> None:
@@ -23,7 +24,8 @@ class Screener:
     Typical use:  screener plan-and-train DATA_DIR RUN_DIR;  screener predict RUN_DIR INPUT OUT.
     """
 
-    def make_synthetic(self, out_dir, cases: int = 24, seed: int = 0, test_cases: int | None = None):
+    def make_synthetic(self, out_dir, cases: int = 24, seed: int = 0, test_cases: int | None = None,
+                       overwrite: bool = False):
         """Write a synthetic CT data set: OUT_DIR/train (unlabeled), OUT_DIR/test/{images,labels}.
 
         Args:
@@ -31,10 +33,11 @@ class Screener:
             cases: number of scans in all.
             seed: data seed (the same seed writes the same scans).
             test_cases: scans in the labelled test split (default: a quarter).
+            overwrite: true|false: replace another synthetic data set already in OUT_DIR.
         """
         from screener_plans.data.synthetic import make_synthetic_dataset
 
-        kwargs = {"cases": int(cases), "seed": int(seed)}
+        kwargs = {"cases": int(cases), "seed": int(seed), "overwrite": as_bool(overwrite, "overwrite")}
         if test_cases is not None:
             kwargs["test_cases"] = int(test_cases)
         info = make_synthetic_dataset(out_dir, **kwargs)
@@ -57,7 +60,8 @@ class Screener:
         """
         from screener_plans.planning.planner import plan
 
-        plans = plan(data_dir, run_dir, device=device, memory_gb=memory_gb, overrides=set, skip_bad=skip_bad,
+        plans = plan(data_dir, run_dir, device=device, memory_gb=memory_gb, overrides=set,
+                     skip_bad=as_bool(skip_bad, "skip-bad"),
                      workers=workers, seed=seed)
         for s in plans["dataset"].get("skipped", []):
             _echo(f"skipped {s['path']}: {s['problem']}")
@@ -76,7 +80,7 @@ class Screener:
         """
         from screener_plans.data.preprocess import preprocess
 
-        summary = preprocess(run_dir, data_dir=data_dir, workers=workers, skip_bad=skip_bad)
+        summary = preprocess(run_dir, data_dir=data_dir, workers=workers, skip_bad=as_bool(skip_bad, "skip-bad"))
         for e in summary["errors"]:
             _echo(f"skipped {e['path']}: {e['problem']}")
         _echo(f"preprocessed {summary['done']} case(s), {summary['cached']} already cached, "
@@ -101,16 +105,17 @@ class Screener:
         from screener_plans.bundle_runner import train_stage
 
         path = train_stage(run_dir, stage, max_steps=max_steps, device=device, condition=condition,
-                           density=density, resume=resume, features=features, intensity_prior=intensity_prior)
+                           density=density, resume=as_bool(resume, "resume"), features=features,
+                           intensity_prior=intensity_prior)
         _echo(f"{stage} model: {path}")
 
-    def calibrate(self, run_dir, device: str = "auto", max_cases: int = 8):
+    def calibrate(self, run_dir, device: str = "auto", max_cases: int = 4):
         """Set the region threshold from the training scans' scores (RUN_DIR/calibration.json).
 
         Args:
             run_dir: a trained run.
             device: auto|cpu|cuda.
-            max_cases: training scans to score.
+            max_cases: training scans to score (plan-and-train scores 4: the same default gives its threshold).
         """
         from screener_plans.inference.predict import calibrate
 
@@ -133,7 +138,8 @@ class Screener:
         from screener_plans.bundle_runner import run_bundle
 
         run_bundle("screener_inference", "inference.yaml", run_dir=str(run_dir), input=str(input),
-                   output_dir=str(output_dir), device=device, skip_bad=skip_bad, overwrite=overwrite,
+                   output_dir=str(output_dir), device=device, skip_bad=as_bool(skip_bad, "skip-bad"),
+                   overwrite=as_bool(overwrite, "overwrite"),
                    torchscript=torchscript)
 
     @property
@@ -164,7 +170,7 @@ class Screener:
         from screener_plans.pipeline import plan_and_train
 
         plan_and_train(data_dir, run_dir, budget_minutes=budget_minutes, device=device, condition=condition,
-                       density=density, skip_bad=skip_bad, overrides=set, workers=workers, features=features,
+                       density=density, skip_bad=as_bool(skip_bad, "skip-bad"), overrides=set, workers=workers, features=features,
                        intensity_prior=intensity_prior)
         _echo(f"trained run ready: {run_dir}  (next: screener predict {run_dir} INPUT OUTPUT_DIR)")
 
@@ -192,15 +198,16 @@ class Screener:
                 the maps hold their lowest score).
             output: also write the JSON to this file.
         """
+        from screener_plans.io_utils import ensure_writable_file, write_text
         from screener_plans.metrics import evaluate
 
+        if output:
+            ensure_writable_file(output)  # before the work, not after it
         result = evaluate(pred_dir, labels_dir, mask_dir=mask_dir)
         text = json.dumps(result, indent=2)
-        if output:
-            from screener_plans.io_utils import write_text
-
-            write_text(output, text + "\n")
         print(text)
+        if output:
+            write_text(output, text + "\n")
 
 
 class Zoo:
@@ -208,30 +215,60 @@ class Zoo:
 
     def publish(self, run_dir, zoo, name, version, force: bool = False, changelog: str | None = None,
                 torchscript: bool = False):
-        """Package a trained run as ZOO/NAME_vVERSION.zip (a MONAI bundle) and add it to ZOO/model_info.json."""
+        """Package a trained run as ZOO/NAME_vVERSION.zip (a MONAI bundle) and add it to ZOO/model_info.json.
+
+        Args:
+            run_dir: a trained (and calibrated) run.
+            zoo: the zoo folder (created if needed).
+            name: model name, e.g. chest_ct_screener.
+            version: semantic version, e.g. 1.0.0.
+            force: true|false: replace this name and version if the zoo holds it already.
+            changelog: a line for the bundle's changelog.
+            torchscript: true|false: also ship models/model.ts (a TorchScript export of the scorer).
+        """
         from screener_plans.zoo import publish
 
-        entry = publish(run_dir, zoo, name, version, force=force, changelog=changelog, torchscript=torchscript)
+        entry = publish(run_dir, zoo, name, version, force=as_bool(force, "force"), changelog=changelog,
+                        torchscript=as_bool(torchscript, "torchscript"))
         _echo(f"published {entry['name']}@{entry['version']} -> {zoo}/{entry['source']} "
               f"(sha256 {entry['checksum'][:12]}...)")
 
     def list(self, zoo, name=None):  # noqa: A003 - `screener zoo list` is the public command
-        """The zoo's models and versions (latest marked)."""
+        """The zoo's models and versions (latest marked).
+
+        Args:
+            zoo: a zoo folder, file:// URL or http(s):// URL.
+            name: list only this model's versions.
+        """
         from screener_plans.zoo import format_models, list_models
 
         print(format_models(list_models(zoo, name)))
 
     def fetch(self, model, dest, zoo, force: bool = False):
-        """Fetch NAME[@VERSION] (default: latest) into DEST/NAME, checksum-verified; then screener predict DEST/NAME."""
+        """Fetch NAME[@VERSION] (default: latest) into DEST/NAME, checksum-verified; then screener predict DEST/NAME.
+
+        Args:
+            model: NAME or NAME@VERSION.
+            dest: folder to unpack into (DEST/NAME).
+            zoo: a zoo folder, file:// URL or http(s):// URL.
+            force: true|false: replace DEST/NAME if it exists.
+        """
         from screener_plans.zoo import fetch
 
-        path = fetch(model, dest, zoo, force=force)
+        path = fetch(model, dest, zoo, force=as_bool(force, "force"))
         _echo(f"fetched {model} -> {path}  (next: screener predict {path} INPUT OUTPUT_DIR)")
 
     def export(self, path, onnx: bool = False, out=None):
-        """Export the full scorer of a run or fetched model to PATH/models/model.ts (TorchScript) or model.onnx."""
+        """Export the full scorer of a run or fetched model to PATH/models/model.ts (TorchScript) or model.onnx.
+
+        Args:
+            path: a trained run or a fetched model.
+            onnx: true|false: ONNX (needs the onnx package) instead of TorchScript.
+            out: file to write (default: PATH/models/model.ts or PATH/models/model.onnx).
+        """
         from screener_plans.zoo import export_onnx, export_torchscript
 
+        onnx = as_bool(onnx, "onnx")
         result = export_onnx(path, out) if onnx else export_torchscript(path, out)
         _echo(f"exported {'ONNX' if onnx else 'TorchScript'} scorer -> {result}")
 

@@ -91,11 +91,18 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
 
     ``suffix`` keeps the extension libraries look at (e.g. ``.nii.gz``, ``.npy``).
     """
+    from screener_plans.errors import ScreenerError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise ScreenerError(f"{path}: is a folder; give a file name to write to")
     if suffix is None:
         suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=f".tmp{suffix}", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=f".tmp{suffix}", dir=path.parent)
+    except OSError as e:
+        raise ScreenerError(f"{path}: cannot be written ({e.strerror})") from None
     os.close(fd)
     try:
         yield tmp
@@ -151,6 +158,18 @@ def remove_dirs_left_empty() -> list[Path]:
         except OSError:
             pass
     return removed
+
+
+def ensure_writable_file(path: str | os.PathLike) -> Path:
+    """Check, before long work, that ``path`` can be written later: not a folder, and its folder
+    (created if needed) writable."""
+    from screener_plans.errors import ScreenerError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ScreenerError(f"{path}: is a folder; give a file name to write to")
+    ensure_writable_dir(path.parent)
+    return path
 
 
 def ensure_writable_dir(path: str | os.PathLike) -> Path:

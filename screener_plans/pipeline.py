@@ -18,7 +18,6 @@ logger = logging.getLogger("screener")
 STAGE_SHARE = {"descriptor": 0.42, "condition": 0.33, "density": 0.25}
 STAGE_OVERHEAD_S = 12.0  # bundle start-up, data workers, final save
 MAX_STEPS = 200_000
-CALIBRATION_CASES = 4
 
 
 def stages_for(condition: str, features: str = "descriptor") -> list[str]:
@@ -51,6 +50,27 @@ def budget_steps(run_dir: Path, plans: dict, stages: list[str], seconds_left: fl
     return out
 
 
+def _apply_budget(run_dir: Path, plans: dict, stages: list[str], budget_minutes: float, elapsed: float,
+                  device: str) -> None:
+    """Set the steps of the stages not started yet so that the run fits ``budget_minutes``."""
+    # keep a share for calibration and for the density stage's first-batch initialisation
+    left = budget_minutes * 60 - elapsed - 30.0
+    if left <= 60:
+        raise ScreenerError(f"--budget-minutes {budget_minutes:g} leaves no time for training after "
+                            "planning and preprocessing")
+    chosen = budget_steps(run_dir, plans, stages, left * 0.93, device if device != "auto" else None)
+    if not chosen:
+        logger.info("budget %g min not applied: every stage was trained or started by an earlier run, "
+                    "whose steps stay (%s)", budget_minutes, ", ".join(f"{s} {plans['steps'][s]}" for s in stages))
+        return
+    for stage, info in chosen.items():
+        plans["steps"][stage] = info["steps"]
+        plans.setdefault("overrides", {})[f"steps.{stage}"] = f"budget {budget_minutes:g} min"
+    plans["budget"] = {"minutes": budget_minutes, **chosen}
+    logger.info("budget %g min: steps %s", budget_minutes,
+                ", ".join(f"{s} {v['steps']} ({v['step_seconds']:.2f} s/step)" for s, v in chosen.items()))
+
+
 def plan_and_train(data_dir, run_dir, budget_minutes: float | None = None, device: str = "auto",
                    condition: str | None = None, density: str | None = None, skip_bad: bool = False,
                    overrides=None, workers: int = 0, features: str | None = None, intensity_prior=None) -> dict:
@@ -78,18 +98,14 @@ def plan_and_train(data_dir, run_dir, budget_minutes: float | None = None, devic
         logger.warning("skipped %s: %s", e["path"], e["problem"])
     stages = stages_for(plans["density"]["condition"], plans["density"]["features"])
     if budget_minutes:
-        # keep a share for calibration and for the density stage's first-batch initialisation
-        left = budget_minutes * 60 - (time.monotonic() - t0) - 30.0
-        if left <= 60:
-            raise ScreenerError(f"--budget-minutes {budget_minutes:g} leaves no time for training after "
-                                "planning and preprocessing")
-        chosen = budget_steps(run_dir, plans, stages, left * 0.93, device if device != "auto" else None)
-        for stage, info in chosen.items():
-            plans["steps"][stage] = info["steps"]
-            plans.setdefault("overrides", {})[f"steps.{stage}"] = f"budget {budget_minutes:g} min"
-        plans["budget"] = {"minutes": budget_minutes, **{s: v for s, v in chosen.items()}}
-        logger.info("budget %g min: steps %s", budget_minutes,
-                    ", ".join(f"{s} {v['steps']} ({v['step_seconds']:.2f} s/step)" for s, v in chosen.items()))
+        earlier = plans.get("budget") or {}
+        if earlier.get("minutes") == budget_minutes and all(s in earlier for s in stages):
+            # a re-run (after Ctrl-C, say) goes on with the first run's schedule, rather than
+            # giving the stages left a whole new budget
+            logger.info("budget %g min: going on with the steps chosen by the first run (%s)", budget_minutes,
+                        ", ".join(f"{s} {plans['steps'][s]}" for s in stages))
+        else:
+            _apply_budget(run_dir, plans, stages, budget_minutes, time.monotonic() - t0, device)
     save_plans(plans, plans_file)
     dev = None if device == "auto" else device
     for stage in stages:
@@ -98,7 +114,7 @@ def plan_and_train(data_dir, run_dir, budget_minutes: float | None = None, devic
             continue
         train_stage(run_dir, stage, device=dev)
     if not calibration_path(run_dir).exists():
-        calibrate(run_dir, plans, device=device, max_cases=CALIBRATION_CASES)
+        calibrate(run_dir, plans, device=device)
     elapsed = time.monotonic() - t0
     logger.info("plan-and-train finished in %.1f min: %s", elapsed / 60, run_dir)
     return {"run_dir": str(run_dir), "minutes": elapsed / 60, "stages": stages}

@@ -183,7 +183,10 @@ def test_mixed_folder_good_cases_go_through_with_skip_bad(env, tmp_path, capsys)
     assert code == 0, err
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["good.nii.gz", "oblique.nii.gz"]
     assert "scored 2 case(s)" in err and err.count("skipped /") >= 6
-    code, err = _run(["predict", env["run"], mixed, tmp_path / "out2", "--device", "cpu", "--skip-bad", "False"],
+    # "false" as typed in a shell (fire passes it as text; bool("false") would be True)
+    code, err = _run(["predict", env["run"], mixed, tmp_path / "out2", "--device", "cpu", "--skip-bad", "false"],
                      capsys)
     line = _one_error_line(err)
     assert code == 2 and f"{mixed}/wrong_extension.img: unsupported format" in line, line
+    code, err = _run(["predict", env["run"], mixed, tmp_path / "out2", "--overwrite", "maybe"], capsys)
+    assert code == 2 and "--overwrite must be true or false, got 'maybe'" in _one_error_line(err)

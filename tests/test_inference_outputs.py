@@ -185,10 +185,21 @@ def test_overlay_layout_orientation_and_png(tmp_path):
     hu[20:, 30:, :] = 100.0  # patient right (RAS: x grows towards the right) and anterior
     score = np.zeros(shape, dtype=np.float32)
     score[5, 10, 25] = 1.0  # patient left, posterior, superior
+    from screener_plans.inference import overlay
+    from screener_plans.inference.glyphs import text_size
+
     rgb = render_overlay(hu, score, np.diag(list(spacing) + [1.0]), threshold=0.5, panel_px=90)
-    # one mm per pixel: panels axial 60x80, coronal 90x80, sagittal 90x60 (rows x cols) + legend
-    assert rgb.dtype == np.uint8 and rgb.shape == (90, 80 + 80 + 60 + 12 + 3 * 4, 3)
-    axial = rgb[:60, :80].astype(int)
+    # one mm per pixel: panels axial 60x80, coronal 90x80, sagittal 90x60 (rows x cols), colour
+    # bar, its value labels
+    gap, labels = overlay.GAP_PX, text_size("0" * overlay.SCALE_CHARS)[1]
+    assert rgb.dtype == np.uint8 and rgb.shape == (90, 80 + 80 + 60 + 12 + labels + 4 * gap, 3)
+    assert rgb[:15, :80].max() == 0 and rgb[75:, :80].max() == 0  # the shorter panel is centred
+    axial = rgb[15:75, :80].astype(int)
+    # direction letters: R at the middle of the axial panel's left edge, A at its top
+    is_label = (axial == overlay.LABEL_RGB).all(axis=-1)
+    assert is_label[26:34, 2:7].any() and is_label[2:9, 37:43].any() and not is_label[12:48, 10:70].any()
+    c0 = 80 + gap
+    coronal_cols, sagittal_cols = slice(c0, c0 + 80), slice(c0 + 80 + gap, c0 + 80 + gap + 60)
     # patient right is image left, anterior is up: the bright quadrant is top-left
     assert axial[5, 5].mean() > 100 and axial[5, 75].mean() < 20 and axial[55, 5].mean() < 20
     # the hot voxel (left, posterior) shows in colour at the bottom right of the axial panel
@@ -196,11 +207,11 @@ def test_overlay_layout_orientation_and_png(tmp_path):
     r, c = np.unravel_index(np.argmax(colour), colour.shape)
     assert r == 49 and c in (68, 69)  # row 59 - y, column 2 mm * (39 - x)
     assert axial[49, 57:61, 1].min() == 255  # marker ticks left of the point
-    coronal = rgb[:, 84:164].astype(int)
+    coronal = rgb[:, coronal_cols].astype(int)
     colour = coronal[:, :, 0] - coronal[:, :, 2]
     r, c = np.unravel_index(np.argmax(colour), colour.shape)
     assert 12 <= r <= 14 and c in (68, 69)  # superior is up, patient left is image right
-    sagittal = rgb[:, 168:228].astype(int)
+    sagittal = rgb[:, sagittal_cols].astype(int)
     colour = sagittal[:, :, 0] - sagittal[:, :, 2]
     r, c = np.unravel_index(np.argmax(colour), colour.shape)
     assert 12 <= r <= 14 and c == 49  # anterior is image left: posterior voxel on the right

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -118,6 +119,11 @@ def test_plans_validation_names_the_bad_key(ct_folder, tmp_path):
     with pytest.raises(ScreenerError, match="unknown plans key"):
         plan(ct_folder, tmp_path / "run2", device="cpu", overrides=["not_a_key=3"], workers=1, progress=False)
     assert not (tmp_path / "run2").exists()  # refused before any case was read
+    for item, message in (("seed=abc", "--set seed='abc': must be a non-negative integer"),
+                          ("steps.condition=-5", "--set steps.condition=-5: must be a positive integer")):
+        with pytest.raises(ScreenerError, match=re.escape(message)):
+            plan(ct_folder, tmp_path / "run3", device="cpu", overrides=[item], workers=1, progress=False)
+        assert not (tmp_path / "run3").exists()  # the value is named as given, before any work
 
 
 def test_parse_overrides():
@@ -147,11 +153,9 @@ def test_parallel_workers_give_same_fingerprint(ct_folder, tmp_path):
 
 def test_case_pool_workers_share_the_cores(monkeypatch):
     """N preprocessing workers each get cores / N threads for their volume's work, not all cores."""
-    import os
-
     from screener_plans import parallel
 
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(parallel, "usable_cpus", lambda: 8)
     with parallel.case_pool(2) as pool:
         assert pool.submit(parallel.worker_threads).result() == 4
     with parallel.case_pool(16) as pool:

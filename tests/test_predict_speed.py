@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -97,6 +98,28 @@ def test_folder_pipeline_matches_case_by_case(env, tmp_path, overlap):
     assert a.keys() == b.keys() and len(a) == 4
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_rerun_skips_only_what_the_same_model_wrote(env, tmp_path):
+    """Cases already scored are skipped on a re-run, but not when another model (or another
+    calibration) wrote them: that is refused, and --overwrite replaces them."""
+    from screener_plans.engines.models import load_scorer
+    from screener_plans.errors import ScreenerError
+    from screener_plans.inference.predict import Predictor
+
+    plans = env["plans"]
+    scorer = load_scorer(env["run"], plans)
+
+    def predictor(threshold, overwrite=False):
+        return Predictor(env["run"], plans, scorer, "cpu", threshold=threshold, progress=False, overwrite=overwrite)
+
+    out = tmp_path / "out"
+    assert len(predictor(1.0).run(env["data"], out)["done"]) == 4
+    assert len(predictor(1.0).run(env["data"], out)["skipped_existing"]) == 4
+    with pytest.raises(ScreenerError, match="_regions.json: written by another model"):
+        predictor(2.0).run(env["data"], out)
+    assert len(predictor(2.0, overwrite=True).run(env["data"], out)["done"]) == 4
+    assert json.loads((out / "case_0_regions.json").read_text())["threshold"] == 2.0
 
 
 def test_background_threads_only_where_they_have_a_core(monkeypatch):

@@ -177,3 +177,72 @@ def test_ctrl_c_finishes_the_step_then_saves(tmp_path, where):
     assert saved["trainer"]["iteration"] == stop
     assert float(saved["model"]["bias"]) == pytest.approx(float(model.bias.detach()))
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def _one_cycle_run(save_dir, steps: int, resume, width: int = 2):
+    """A tiny Ignite training of ``steps`` steps with the stages' handlers and a one-cycle schedule."""
+    from ignite.engine import Engine, Events
+
+    from screener_plans.engines.handlers import CheckpointHandler, ResumeHandler
+
+    model = torch.nn.Linear(width, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=max(3, steps))
+
+    def step(engine, batch):
+        opt.zero_grad()
+        model(torch.ones(1, width)).sum().backward()
+        opt.step()
+
+    engine = Engine(step)
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: sched.step())
+    objects = {"model": model, "optimizer": opt, "lr_scheduler": sched}
+    ResumeHandler(str(save_dir), objects, enabled=resume).attach(engine)
+    CheckpointHandler(str(save_dir), objects, every=5).attach(engine)
+    engine.run(range(steps), max_epochs=1, epoch_length=steps)
+    return engine
+
+
+def test_resume_refuses_another_schedule_length_and_false_starts_over(tmp_path):
+    """A finished 10-step stage asked for 20 steps: one line saying what to do, not PyTorch's
+    "Tried to step 11 times"; ``resume "false"`` (text, as from a shell) starts over and drops the
+    old run's checkpoints, so the next resume does not pick them up."""
+    _one_cycle_run(tmp_path, 10, resume=True)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pt")) == ["checkpoint_00000005.pt",
+                                                                         "checkpoint_00000010.pt"]
+    with pytest.raises(ScreenerError, match=r"10-step learning-rate schedule .* asks for 20 steps.*--resume false"):
+        _one_cycle_run(tmp_path, 20, resume="true")
+    engine = _one_cycle_run(tmp_path, 4, resume="false")
+    assert engine.state.iteration == 4
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pt")) == ["checkpoint_00000004.pt"]
+    assert _one_cycle_run(tmp_path, 4, resume=True).state.iteration == 4  # resumes its own run
+
+
+def test_resume_names_the_mismatch_and_the_remedy(tmp_path):
+    _one_cycle_run(tmp_path, 5, resume=True)
+    with pytest.raises(ScreenerError, match=r"does not match this model/plans \(size mismatch for weight.*\); "
+                                            r"train from scratch with --resume false"):
+        _one_cycle_run(tmp_path, 5, resume=True, width=3)
+
+
+@pytest.mark.parametrize("text,expected", [("false", False), ("False", False), ("no", False), ("0", False),
+                                           ("true", True), ("TRUE", True), ("yes", True), (1, True)])
+def test_yes_no_options_read_as_text(text, expected):
+    from screener_plans.options import as_bool
+
+    assert as_bool(text, "resume") is expected
+
+
+def test_yes_no_option_refuses_anything_else():
+    from screener_plans.options import as_bool
+
+    with pytest.raises(ScreenerError, match=r"--skip-bad must be true or false, got 'maybe'"):
+        as_bool("maybe", "skip-bad")
+
+
+def test_max_steps_zero_is_refused():
+    from screener_plans.engines.bundle import total_steps
+
+    with pytest.raises(ScreenerError, match="--max_steps must be a positive integer, got 0"):
+        total_steps({"steps": {"condition": 800}}, "condition", 0)
+    assert total_steps({"steps": {"condition": 800}}, "condition", None) == 800

@@ -161,8 +161,15 @@ def test_dataset_layout_and_files(tmp_path):
 
 def test_dataset_rewrite_and_refuse_foreign_folder(tmp_path):
     out = tmp_path / "syn"
-    make_synthetic_dataset(out, cases=4, seed=0, test_cases=1, progress=False, **SMALL)
-    meta = make_synthetic_dataset(out, cases=3, seed=1, test_cases=1, progress=False, **SMALL)
+    first = make_synthetic_dataset(out, cases=4, seed=0, test_cases=1, progress=False, **SMALL)
+    stamp = (out / "train" / "case_0000.nii.gz").stat().st_mtime_ns
+    # the same request keeps it as it is; another one is refused (runs planned on it read it) ...
+    assert make_synthetic_dataset(out, cases=4, seed=0, test_cases=1, progress=False, **SMALL) == first
+    assert (out / "train" / "case_0000.nii.gz").stat().st_mtime_ns == stamp
+    with pytest.raises(ScreenerError, match=r"already holds another synthetic data set \(3 training \+ 1 test"):
+        make_synthetic_dataset(out, cases=3, seed=1, test_cases=1, progress=False, **SMALL)
+    # ... unless asked to replace it
+    meta = make_synthetic_dataset(out, cases=3, seed=1, test_cases=1, progress=False, overwrite=True, **SMALL)
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.nii.gz"))
     want = sorted([e["image"] for e in meta["train"] + meta["test"]] + [meta["test"][0]["label"]])
     assert files == want  # stale cases of the larger first run are gone

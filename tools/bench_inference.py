@@ -37,7 +37,7 @@ from screener_plans.data.readers import find_cases
 from screener_plans.engines.device import amp_dtype, autocast, resolve_device
 from screener_plans.engines.models import load_scorer
 from screener_plans.inference.predict import Predictor, load_threshold, overlap_io
-from screener_plans.memory import peak_rss_mb
+from screener_plans.memory import peak_rss_mb, reset_peak_rss
 from screener_plans.planning.plans import load_plans
 
 run, scan, out, device, repeats = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], int(sys.argv[5])
@@ -119,12 +119,14 @@ if folder_scans > 0:
 
     def over_folder(overlap):
         predictor.overlap = overlap
+        reset_peak_rss()
         t0 = time.perf_counter()
         summary = predictor.run(src, out.parent / (out.name + "_folder_out"))
         wall = time.perf_counter() - t0
         assert len(summary["done"]) == folder_scans, summary
         return {"scans": folder_scans, "background_threads": overlap, "wall_s": wall,
-                "per_scan_s": wall / folder_scans, "overhead": wall / folder_scans / forward}
+                "per_scan_s": wall / folder_scans, "overhead": wall / folder_scans / forward,
+                "peak_rss_mb": peak_rss_mb()}
 
     chosen = overlap_io(device)
     folder, folder_other = over_folder(chosen), over_folder(not chosen)
@@ -194,7 +196,7 @@ def table(rows: list[dict]) -> str:
                 lines.append(f"| {r['preset']} | {r['device']} | {f['scans']} | "
                              f"{'yes' if f['background_threads'] else 'no'}{note} | {f['wall_s']:.1f} | "
                              f"{f['per_scan_s']:.1f} | {r['bare_forward_s']:.1f} | {f['overhead']:.2f} | "
-                             f"{r['peak_rss_mb'] / 1024:.2f} |")
+                             f"{f.get('peak_rss_mb', r['peak_rss_mb']) / 1024:.2f} |")
     return "\n".join(lines)
 
 

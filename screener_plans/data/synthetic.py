@@ -371,6 +371,25 @@ def _is_ours(out: Path) -> bool:
     return True
 
 
+def _finished_set(out: Path) -> dict | None:
+    """``dataset.json`` of a finished synthetic data set in ``out``, or None."""
+    try:
+        meta = json.loads((out / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("generator") == GENERATOR else None
+
+
+def _same_request(meta: dict, seed: int, n_train: int, n_test: int, shape, spacing) -> bool:
+    """Whether a finished data set is what this call would write (then it is kept as it is)."""
+    if (meta.get("seed"), meta.get("num_train"), meta.get("num_test")) != (int(seed), n_train, n_test):
+        return False
+    entries = meta.get("train", []) + meta.get("test", [])
+    if shape is not None and any(e.get("shape") != [int(v) for v in shape] for e in entries):
+        return False
+    return spacing is None or all(e.get("spacing") == [round(float(v), 4) for v in spacing] for e in entries)
+
+
 def _prepare_out_dir(out: Path):
     """Refuse a non-empty folder that is not a synthetic data set; drop stale cases of an old one."""
     if out.exists() and not out.is_dir():
@@ -392,13 +411,15 @@ def _prepare_out_dir(out: Path):
 
 def make_synthetic_dataset(out_dir, cases: int = 24, seed: int = 0, test_fraction: float = 0.25,
                            test_cases: int | None = None, progress: bool = True, shape=None,
-                           spacing=None) -> dict:
+                           spacing=None, overwrite: bool = False) -> dict:
     """Write the synthetic data set to ``out_dir`` and return what dataset.json holds.
 
     Layout: ``train/<case>.nii.gz`` (unlabeled), ``test/images/<case>.nii.gz`` and
     ``test/labels/<case>.nii.gz`` (uint8 lesion masks, same grid and affine), ``dataset.json``.
     ``test_cases`` overrides ``test_fraction``. Train and test cases are different patients.
     ``shape``/``spacing`` fix the grid of every case (small, fast data sets for tests).
+    A finished data set already in ``out_dir`` is kept when it is the one asked for; another one
+    is replaced only with ``overwrite`` (runs planned on it would lose their cases).
     """
     if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 2:
         raise ScreenerError(f"make-synthetic: --cases must be an integer >= 2, got {cases!r}")
@@ -412,6 +433,16 @@ def make_synthetic_dataset(out_dir, cases: int = 24, seed: int = 0, test_fractio
     n_train = cases - n_test
     _check_shape_spacing(shape, spacing)
     out = Path(out_dir)
+    existing = _finished_set(out) if out.is_dir() else None
+    if existing is not None and not overwrite:
+        if _same_request(existing, seed, n_train, n_test, shape, spacing):
+            if progress:
+                print(f"synthetic: {out} already holds this data set; kept", file=sys.stderr, flush=True)
+            return existing
+        raise ScreenerError(
+            f"{out}: already holds another synthetic data set ({existing.get('num_train')} training + "
+            f"{existing.get('num_test')} test cases, seed {existing.get('seed')}), which runs planned on it "
+            "read; choose another folder, or pass --overwrite true to replace it")
     _prepare_out_dir(out)
 
     drng = np.random.default_rng(np.random.SeedSequence([int(seed), 3]))
@@ -466,8 +497,10 @@ def make_synthetic_dataset(out_dir, cases: int = 24, seed: int = 0, test_fractio
     return meta
 
 
-def make_synthetic(out_dir, cases: int = 24, seed: int = 0, test_fraction: float = 0.25) -> str:
+def make_synthetic(out_dir, cases: int = 24, seed: int = 0, test_fraction: float = 0.25,
+                   overwrite: bool = False) -> str:
     """CLI entry (``screener make-synthetic OUT_DIR --cases N --seed S``); returns a summary line."""
-    meta = make_synthetic_dataset(out_dir, cases=cases, seed=seed, test_fraction=test_fraction)
+    meta = make_synthetic_dataset(out_dir, cases=cases, seed=seed, test_fraction=test_fraction,
+                                  overwrite=overwrite)
     return (f"wrote {meta['num_train']} training and {meta['num_test']} labeled test cases "
             f"to {out_dir}")

@@ -32,7 +32,7 @@ def output_dir(output_dir, plans_file, stage: str) -> str:
 
 def total_steps(plans: dict, stage: str, max_steps=None) -> int:
     """``--max_steps`` when given, else the plans' steps for ``stage``."""
-    if max_steps not in (None, "", 0):
+    if max_steps not in (None, ""):
         try:
             n = int(max_steps)
         except (TypeError, ValueError):

@@ -25,6 +25,7 @@ from ignite.engine import Events
 from screener_plans.engines.device import is_main_process, unwrap
 from screener_plans.errors import ScreenerError
 from screener_plans.io_utils import atomic_path, sweep_stale_temporaries
+from screener_plans.options import as_bool
 
 logger = logging.getLogger("screener.train")
 CKPT_RE = re.compile(r"checkpoint_(\d+)\.pt$")
@@ -224,7 +225,7 @@ class ResumeHandler:
 
     def __init__(self, save_dir: str, objects: dict, sampler=None, batch_size: int = 1, enabled: bool = True):
         self.save_dir, self.objects, self.sampler = Path(save_dir), objects, sampler
-        self.batch_size, self.enabled = int(batch_size), bool(enabled)
+        self.batch_size, self.enabled = int(batch_size), as_bool(enabled, "resume")
         self.resumed_from: Path | None = None
 
     def attach(self, engine) -> None:
@@ -233,6 +234,8 @@ class ResumeHandler:
     def load(self, engine) -> None:
         if is_main_process():
             sweep_stale_temporaries(self.save_dir)  # temp files of a killed save
+            if not self.enabled:
+                self._discard_old_checkpoints()
         path = latest_checkpoint(self.save_dir) if self.enabled else None
         if path is None:
             return
@@ -241,6 +244,7 @@ class ResumeHandler:
         except Exception as e:
             raise ScreenerError(f"{path}: checkpoint cannot be loaded ({type(e).__name__}); delete it to restart "
                                 "from the previous one") from None
+        self._check_schedule(path, state)
         for name, obj in self.objects.items():
             if name not in state:
                 raise ScreenerError(f"{path}: checkpoint has no '{name}' entry; it was written by another stage")
@@ -248,8 +252,8 @@ class ResumeHandler:
             try:
                 target.load_state_dict(state[name])
             except (RuntimeError, ValueError, KeyError) as e:
-                raise ScreenerError(f"{path}: checkpoint does not match this model/plans ({str(e).splitlines()[0]})") \
-                    from None
+                raise ScreenerError(f"{path}: checkpoint does not match this model/plans ({_first_detail(e)}); "
+                                    "train from scratch with --resume false") from None
         trainer_state = state["trainer"]
         engine.state.iteration = int(trainer_state["iteration"])
         # Ignite counts an epoch as done only at its end: a mid-epoch resume restarts that epoch
@@ -260,6 +264,35 @@ class ResumeHandler:
         self.resumed_from = path
         if is_main_process():
             logger.info("resumed from %s (step %d)", path, engine.state.iteration)
+
+
+    def _discard_old_checkpoints(self) -> None:
+        """Starting over: an older run's checkpoints would be resumed next time (and would
+        outrank this run's, whose step numbers restart from 0)."""
+        old = [p for p in self.save_dir.glob("checkpoint_*.pt") if CKPT_RE.search(p.name)] \
+            if self.save_dir.is_dir() else []
+        for p in old:
+            p.unlink(missing_ok=True)
+        if old:
+            logger.info("not resuming: removed %d checkpoint(s) of an earlier run from %s", len(old), self.save_dir)
+
+    def _check_schedule(self, path: Path, state: dict) -> None:
+        """A one-cycle learning-rate schedule cannot be resumed at another length: refuse clearly."""
+        saved = state.get("lr_scheduler")
+        saved = saved.get("total_steps") if isinstance(saved, dict) else None
+        wanted = getattr(self.objects.get("lr_scheduler"), "total_steps", None)
+        if saved is not None and wanted is not None and int(saved) != int(wanted):
+            raise ScreenerError(
+                f"{path}: this stage was started with a {saved}-step learning-rate schedule and this run asks "
+                f"for {wanted} steps; a one-cycle schedule cannot be resumed at another length: keep the step "
+                f"count, or train from scratch with --resume false")
+
+
+def _first_detail(error: Exception) -> str:
+    """The first informative line of a PyTorch ``load_state_dict`` error (its first line is a header)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = next((line for line in lines if not line.endswith(":")), lines[0] if lines else type(error).__name__)
+    return detail if len(detail) <= 200 else detail[:197] + "..."
 
 
 class ModelExporter:

@@ -10,6 +10,7 @@ from torch import nn
 
 from screener_plans.errors import ScreenerError
 from screener_plans.io_utils import write_json
+from screener_plans.options import as_bool
 
 CONDITIONS = ("masked", "sincos", "none")
 DENSITIES = ("gaussian", "flow")
@@ -172,18 +173,6 @@ def with_density_choices(plans: dict, cfg: dict) -> dict:
     """A copy of ``plans`` whose ``density`` section holds the choices of ``cfg``."""
     return {**plans, "density": {**plans["density"], "condition": cfg["condition"], "kind": cfg["density"],
                                  "features": cfg["features"], "intensity_prior": cfg["intensity_prior"]}}
-
-
-def as_bool(value, key: str) -> bool:
-    """A yes/no option from a CLI, bundle override or JSON (``True``, ``"false"``, ``0`` ...)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", "none", ""):
-        return False
-    raise ScreenerError(f"--{key} must be true or false, got {value!r}")
 
 
 def scorer_features(cfg: dict) -> str:

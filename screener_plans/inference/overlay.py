@@ -17,14 +17,19 @@ from nibabel import orientations as nio
 from scipy import ndimage
 
 from screener_plans.data.geometry import ras_transform
+from screener_plans.inference.glyphs import draw_text, text_size
 from screener_plans.io_utils import atomic_path
 
 CT_WINDOW = (-1000.0, 400.0)  # lung to soft tissue in one grey ramp
 PANEL_PX = 384  # long side of the largest panel; every panel stays <= 512 px
-GAP_PX = 4
+GAP_PX = 8
 LEGEND_PX = 12
 ALPHA_MIN, ALPHA_MAX = 0.25, 0.85  # opacity just above the threshold and at the top score
 MARKER_RGB = (0, 255, 128)
+LABEL_RGB = (180, 220, 255)  # cool, so that no label is mistaken for the warm overlay
+SCALE_CHARS = 9  # width of the colour bar's value labels, e.g. "-1.23e+04"
+# direction letters of each view at its (left, right, top, bottom) edge, in display convention
+_DIRECTIONS = (("R", "L", "A", "P"), ("R", "L", "S", "I"), ("A", "P", "S", "I"))
 
 # matplotlib's "inferno" sampled at 10 evenly spaced points; linear interpolation between
 # them is visually indistinguishable from the full table at overlay sizes.
@@ -122,6 +127,35 @@ def _marker(rgb: np.ndarray, row: int, col: int) -> None:
             rgb[row, max(c0, 0):max(min(c1, w), 0)] = colour
 
 
+def _label_directions(rgb: np.ndarray, letters, scale: int) -> None:
+    """The anatomical direction at the middle of each edge of a panel (when it has room)."""
+    h, w = rgb.shape[:2]
+    th, tw = text_size("R", scale)
+    if h < 3 * th or w < 3 * tw:
+        return
+    colour = np.asarray(LABEL_RGB) / 255.0
+    left, right, top, bottom = letters
+    draw_text(rgb, left, (h - th) // 2, 2, colour, scale)
+    draw_text(rgb, right, (h - th) // 2, w - tw - 2, colour, scale)
+    draw_text(rgb, top, 2, (w - tw) // 2, colour, scale)
+    draw_text(rgb, bottom, h - th - 2, (w - tw) // 2, colour, scale)
+
+
+def _text_scale(panel_px: int) -> int:
+    return 2 if panel_px >= 200 else 1
+
+
+def _scale_labels(height: int, start: float, top: float, scale: int) -> np.ndarray:
+    """A strip beside the colour bar: the top score at its top, the overlay's start at its foot."""
+    th, tw = text_size("0" * SCALE_CHARS, scale)
+    strip = np.zeros((height, tw, 3))
+    colour = np.asarray(LABEL_RGB) / 255.0
+    draw_text(strip, f"{top:.3g}"[:SCALE_CHARS], 0, 0, colour, scale)
+    if height >= 3 * th:
+        draw_text(strip, f"{start:.3g}"[:SCALE_CHARS], height - th, 0, colour, scale)
+    return strip
+
+
 def render_overlay(image_hu: np.ndarray, score: np.ndarray, affine: np.ndarray, point_voxel=None,
                    threshold: float | None = None, window=CT_WINDOW, panel_px: int = PANEL_PX) -> np.ndarray:
     """Axial | coronal | sagittal slices through ``point_voxel`` with the map overlaid (uint8 RGB).
@@ -129,7 +163,9 @@ def render_overlay(image_hu: np.ndarray, score: np.ndarray, affine: np.ndarray, 
     ``image_hu`` and ``score`` are on the input grid (file voxel order), ``affine`` maps voxels
     to RAS mm, ``point_voxel`` is 3 ints in file order (default: the score's argmax). The
     overlay starts at ``threshold`` (default: the body's 95th score percentile) and its colour
-    and opacity grow with the score up to the map's maximum. A thin colour bar is on the right.
+    and opacity grow with the score up to the map's maximum. A thin colour bar is on the right,
+    labelled with the map's maximum and the overlay's starting score; each panel's edges carry
+    the anatomical directions (R/L, A/P, S/I).
     """
     image_hu = np.asarray(image_hu)
     score = np.asarray(score)
@@ -150,14 +186,16 @@ def render_overlay(image_hu: np.ndarray, score: np.ndarray, affine: np.ndarray, 
     start, top = _reference_levels(score, threshold)
 
     extent = max(n * s for n, s in zip(ras_shape, spacing))
-    pixel_mm = extent / min(max(int(panel_px), 16), 512)
+    long_side = min(max(int(panel_px), 16), 512)
+    pixel_mm = extent / long_side
+    text_scale = _text_scale(long_side)
     # (slice index, the two in-plane RAS axes, the point within the plane)
     views = [((slice(None), slice(None), z), (0, 1), (x, y)),   # axial
              ((slice(None), y, slice(None)), (0, 2), (x, z)),   # coronal
              ((x, slice(None), slice(None)), (1, 2), (y, z))]   # sagittal
     lo, hi = float(window[0]), float(window[1])
     panels = []
-    for index, (a, b), (pa, pb) in views:
+    for (index, (a, b), (pa, pb)), letters in zip(views, _DIRECTIONS):
         gray = _display(np.clip((np.asarray(ct[index], dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0))
         heat = _display(np.asarray(sc[index], dtype=np.float32))
         # display rows run along axis b, columns along axis a
@@ -167,14 +205,16 @@ def render_overlay(image_hu: np.ndarray, score: np.ndarray, affine: np.ndarray, 
         row = int((ras_shape[b] - 1 - pb + 0.5) * spacing[b] / pixel_mm)
         col = int((ras_shape[a] - 1 - pa + 0.5) * spacing[a] / pixel_mm)
         _marker(rgb, row, col)
+        _label_directions(rgb, letters, text_scale)
         panels.append(rgb)
 
     height = max(p.shape[0] for p in panels)
     legend = colormap(_CMAP_START + (1.0 - _CMAP_START) * np.linspace(1.0, 0.0, height))
     parts = []
-    for p in panels + [np.repeat(legend[:, None, :], LEGEND_PX, axis=1)]:
+    for p in panels + [np.repeat(legend[:, None, :], LEGEND_PX, axis=1), _scale_labels(height, start, top, text_scale)]:
         padded = np.zeros((height, p.shape[1], 3))
-        padded[:p.shape[0]] = p
+        top_px = (height - p.shape[0]) // 2  # shorter panels centred, not hung from the top
+        padded[top_px:top_px + p.shape[0]] = p
         parts += [padded, np.zeros((height, GAP_PX, 3))]
     out = np.concatenate(parts[:-1], axis=1)
     return np.round(out * 255.0).astype(np.uint8)

@@ -19,6 +19,7 @@ from screener_plans.engines.device import launch_rank_world
 from screener_plans.errors import BadCaseError, ScreenerError
 from screener_plans.io_utils import ensure_writable_dir, sweep_stale_temporaries, write_json
 from screener_plans.memory import keep_freed_memory
+from screener_plans.options import as_bool
 from screener_plans.progress import Progress
 
 logger = logging.getLogger("screener.predict")
@@ -48,7 +49,10 @@ def build_inferer(plans: dict, device, progress: bool = False):
                          amp=plans["amp"], progress=progress)
 
 
-def calibrate(run_dir, plans: dict | None = None, scorer=None, device="auto", max_cases: int = 8,
+CALIBRATION_CASES = 4  # what `plan-and-train` and `screener calibrate` both score by default
+
+
+def calibrate(run_dir, plans: dict | None = None, scorer=None, device="auto", max_cases: int = CALIBRATION_CASES,
               quantile: float | None = None, progress: bool = True) -> dict:
     """Score up to ``max_cases`` training scans and store the body-voxel score quantile as threshold."""
     from screener_plans.data.dataset import training_cases
@@ -100,10 +104,24 @@ class Predictor:
         self.scorer = scorer.to(self.device).eval()
         self.inferer = build_inferer(plans, self.device)
         self.threshold = threshold
-        self.skip_bad, self.overwrite, self.progress = bool(skip_bad), bool(overwrite), bool(progress)
+        self.model_id = model_fingerprint(self.scorer, threshold)
+        self.skip_bad, self.overwrite = as_bool(skip_bad, "skip_bad"), as_bool(overwrite, "overwrite")
+        self.progress = bool(progress)
 
     def done(self, out_dir: Path, name: str) -> bool:
         return all((out_dir / f"{name}{suffix}").exists() for suffix in (".nii.gz", "_regions.json", ".png"))
+
+    def _check_not_another_models(self, out_dir: Path, names: list[str]) -> None:
+        """Refuse to mix in outputs of another model that a re-run would otherwise keep."""
+        for name in names:
+            try:
+                written = json.loads((out_dir / f"{name}_regions.json").read_text()).get("model_id")
+            except (OSError, ValueError, AttributeError):
+                written = None  # unreadable: scored again below only with --overwrite, as before
+            if written is not None and written != self.model_id:
+                raise ScreenerError(f"{out_dir / (name + '_regions.json')}: written by another model (or another "
+                                    "calibration); pass --overwrite true to replace this folder's outputs, or "
+                                    "choose another output folder")
 
     def load(self, case) -> dict:
         """Read, check and preprocess one case (thread-safe: no torch, no shared state)."""
@@ -142,7 +160,8 @@ class Predictor:
         case, img = scored["case"], scored["img"]
         result = write_case_outputs(out_dir, case.name, scored["original"], img.affine, img.array,
                                     scored["threshold"], extra={"source": str(case.path),
-                                                                "threshold_calibrated": self.threshold is not None})
+                                                                "threshold_calibrated": self.threshold is not None,
+                                                                "model_id": self.model_id})
         result["timing"] = {**scored["timing"], "write": time.perf_counter() - t0}
         result["cache_shape"] = scored["cache_shape"]
         result["case"] = case.name
@@ -178,6 +197,7 @@ class Predictor:
                 bar.skip()
             else:
                 todo.append(case)
+        self._check_not_another_models(out_dir, summary["skipped_existing"])
 
         def finish(write) -> None:
             res = write.result()
@@ -185,10 +205,11 @@ class Predictor:
                                     "timing": res["timing"]})
             bar.update()
 
-        def executor(name):
-            return ThreadPoolExecutor(1, name) if self.overlap else InlineExecutor()
+        def executor(name, deferred):
+            # in line, a load waits until its result is wanted, so one scan at a time is in memory
+            return ThreadPoolExecutor(1, name) if self.overlap else InlineExecutor(deferred)
 
-        with executor("screener-load") as loader, executor("screener-write") as writer:
+        with executor("screener-load", True) as loader, executor("screener-write", False) as writer:
             upcoming = loader.submit(self.load, todo[0]) if todo else None
             pending = None
             for i, case in enumerate(todo):
@@ -217,6 +238,19 @@ class Predictor:
         return summary
 
 
+def model_fingerprint(scorer: torch.nn.Module, threshold: float | None) -> str:
+    """A short hash of the weights and the region threshold, recorded in every ``_regions.json``,
+    so that a re-run skips only the cases this same model scored."""
+    import hashlib
+
+    h = hashlib.sha1(repr(None if threshold is None else float(threshold)).encode())
+    for key, value in sorted(scorer.state_dict().items()):
+        h.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def overlap_io(device: torch.device) -> bool:
     """Whether reading and writing scans in background threads speeds up scoring on ``device``:
     on a GPU, or where PyTorch's threads leave a CPU core free (on 2 cores they only compete)."""
@@ -226,16 +260,16 @@ def overlap_io(device: torch.device) -> bool:
 
 
 class InlineExecutor:
-    """``ThreadPoolExecutor``'s ``submit`` running each task at once in this thread."""
+    """``ThreadPoolExecutor``'s ``submit`` running each task in this thread: at once, or
+    (``deferred``) when its ``result()`` is first asked for."""
+
+    def __init__(self, deferred: bool = False):
+        self.deferred = bool(deferred)
 
     def submit(self, fn, *args):
-        from concurrent.futures import Future
-
-        future = Future()
-        try:
-            future.set_result(fn(*args))
-        except Exception as e:  # kept for .result(), as a pool would; Ctrl-C goes through
-            future.set_exception(e)
+        future = _InlineFuture(fn, args)
+        if not self.deferred:
+            future.result_or_error()
         return future
 
     def __enter__(self):
@@ -243,6 +277,29 @@ class InlineExecutor:
 
     def __exit__(self, *exc):
         return False
+
+
+class _InlineFuture:
+    """The ``result()`` of a task run in the caller's thread; an error is kept for ``result()``,
+    as a pool would keep it (Ctrl-C goes through at once)."""
+
+    def __init__(self, fn, args):
+        self._task, self._value, self._error = (fn, args), None, None
+
+    def result_or_error(self) -> None:
+        if self._task is not None:
+            fn, args = self._task
+            self._task = None
+            try:
+                self._value = fn(*args)
+            except Exception as e:
+                self._error = e
+
+    def result(self):
+        self.result_or_error()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _gather(summary: dict, world: int) -> dict:

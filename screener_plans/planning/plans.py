@@ -210,11 +210,16 @@ def parse_overrides(items) -> dict:
 
 
 def check_override_keys(overrides: dict) -> None:
-    """Refuse ``--set`` keys that are not plans keys (before any slow work is done)."""
+    """Refuse ``--set`` keys that are not plans keys, and values a plans key cannot take (before
+    any slow work is done, and naming ``--set``, not the plans file the value would go into)."""
     known = set(SCHEMA) | {k.split(".")[0] for k in SCHEMA}
-    for key in overrides:
+    for key, value in overrides.items():
         if key not in known and not any(key.startswith(k + ".") for k in known):
             raise ScreenerError(f"--set {key}: unknown plans key (known keys: {', '.join(sorted(SCHEMA))})")
+        if key in SCHEMA:
+            check, expected = SCHEMA[key]
+            if not check(value):
+                raise ScreenerError(f"--set {key}={value!r}: must be {expected}")
 
 
 def apply_overrides(plans: dict, overrides: dict) -> dict:

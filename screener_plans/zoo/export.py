@@ -13,7 +13,6 @@ Both exports go through MONAI's bundle tools with the bundle's ``configs/export.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import warnings
@@ -32,8 +31,6 @@ from screener_plans.zoo.layout import (
     is_bundle,
     read_scorer_config,
 )
-
-logger = logging.getLogger("screener.zoo")
 
 EXPORT_CONFIG = Path("configs") / "export.yaml"
 
@@ -180,6 +177,10 @@ def _monai_args(bundle: Path) -> dict:
 def _run_monai(fn, what: str, path, **kwargs) -> None:
     from screener_plans.bundle_runner import find_screener_error
 
+    # MONAI logs its input summary and the temporary file's name; the caller reports the result
+    monai_logger = logging.getLogger("monai.bundle.scripts")
+    level = monai_logger.level
+    monai_logger.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about shape-derived constants are expected
@@ -191,6 +192,8 @@ def _run_monai(fn, what: str, path, **kwargs) -> None:
         if found is not None:
             raise found from None
         raise ScreenerError(f"{path}: {what} export failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    finally:
+        monai_logger.setLevel(level)
 
 
 def export_torchscript(path, out=None) -> Path:
@@ -234,5 +237,4 @@ def _export_with(monai_export, label: str, path, out: Path, suffix: str, **kwarg
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("%s scorer -> %s", label, os.fspath(out))
     return out
