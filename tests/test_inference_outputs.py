@@ -281,3 +281,15 @@ def test_threaded_nifti_gz_is_nibabels_file(tmp_path, monkeypatch, threads, back
     np.testing.assert_array_equal(np.asarray(back.dataobj), score)
     np.testing.assert_allclose(back.affine, affine, atol=1e-6)
     assert back.header.get_sform(coded=True)[1] == 1
+
+
+def test_direction_letters_leave_the_overlay_visible():
+    from screener_plans.inference import overlay
+
+    rgb = np.zeros((60, 80, 3))
+    hot = np.zeros((60, 80), dtype=bool)
+    hot[3, 40] = True  # an overlay pixel where the top letter would go
+    overlay._label_directions(rgb, ("R", "L", "A", "P"), 1, keep_clear=hot)
+    is_label = (np.round(rgb * 255) == overlay.LABEL_RGB).all(axis=-1)
+    assert not is_label[:12, 30:50].any()  # no "A" over the overlay
+    assert is_label[26:34, :8].any() and is_label[26:34, 72:].any() and is_label[50:, 30:50].any()

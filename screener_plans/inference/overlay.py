@@ -127,18 +127,19 @@ def _marker(rgb: np.ndarray, row: int, col: int) -> None:
             rgb[row, max(c0, 0):max(min(c1, w), 0)] = colour
 
 
-def _label_directions(rgb: np.ndarray, letters, scale: int) -> None:
-    """The anatomical direction at the middle of each edge of a panel (when it has room)."""
+def _label_directions(rgb: np.ndarray, letters, scale: int, keep_clear: np.ndarray) -> None:
+    """The anatomical direction at the middle of each edge of a panel (when it has room); a
+    letter that would cover overlay pixels (``keep_clear``) is left out rather than hide them."""
     h, w = rgb.shape[:2]
     th, tw = text_size("R", scale)
     if h < 3 * th or w < 3 * tw:
         return
     colour = np.asarray(LABEL_RGB) / 255.0
     left, right, top, bottom = letters
-    draw_text(rgb, left, (h - th) // 2, 2, colour, scale)
-    draw_text(rgb, right, (h - th) // 2, w - tw - 2, colour, scale)
-    draw_text(rgb, top, 2, (w - tw) // 2, colour, scale)
-    draw_text(rgb, bottom, h - th - 2, (w - tw) // 2, colour, scale)
+    for letter, row, col in ((left, (h - th) // 2, 2), (right, (h - th) // 2, w - tw - 2),
+                             (top, 2, (w - tw) // 2), (bottom, h - th - 2, (w - tw) // 2)):
+        if not keep_clear[row:row + th, col:col + tw].any():
+            draw_text(rgb, letter, row, col, colour, scale)
 
 
 def _text_scale(panel_px: int) -> int:
@@ -205,7 +206,7 @@ def render_overlay(image_hu: np.ndarray, score: np.ndarray, affine: np.ndarray, 
         row = int((ras_shape[b] - 1 - pb + 0.5) * spacing[b] / pixel_mm)
         col = int((ras_shape[a] - 1 - pa + 0.5) * spacing[a] / pixel_mm)
         _marker(rgb, row, col)
-        _label_directions(rgb, letters, text_scale)
+        _label_directions(rgb, letters, text_scale, keep_clear=heat > start)
         panels.append(rgb)
 
     height = max(p.shape[0] for p in panels)
