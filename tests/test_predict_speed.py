@@ -126,7 +126,7 @@ def test_background_threads_only_where_they_have_a_core(monkeypatch):
     import torch
 
     from screener_plans import parallel
-    from screener_plans.inference.predict import overlap_io
+    from screener_plans.inference.executors import overlap_io
 
     threads = torch.get_num_threads()
     monkeypatch.setattr(parallel, "usable_cpus", lambda: threads)

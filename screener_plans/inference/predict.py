@@ -17,6 +17,7 @@ import torch
 
 from screener_plans.engines.device import launch_rank_world
 from screener_plans.errors import BadCaseError, ScreenerError
+from screener_plans.inference.executors import InlineExecutor, overlap_io
 from screener_plans.io_utils import ensure_writable_dir, sweep_stale_temporaries, write_json
 from screener_plans.memory import keep_freed_memory
 from screener_plans.options import as_bool
@@ -93,8 +94,9 @@ class Predictor:
     Over a folder, the next case is read and preprocessed in a background thread while the
     current one is scored, and finished maps are written in another thread while the next one
     is scored, where that work has a core of its own: on a GPU, or on a CPU with more cores than
-    PyTorch's threads (``overlap=None`` decides so; elsewhere it would only slow the scoring). Under ``torchrun`` each rank takes every WORLD_SIZE-th case (on its own GPU), so
-    every case is written exactly once; the summaries are gathered on every rank.
+    PyTorch's threads (``overlap=None`` decides so; elsewhere it would only slow the scoring).
+    Under ``torchrun`` each rank takes every WORLD_SIZE-th case (on its own GPU), so every case
+    is written exactly once; the summaries are gathered on every rank.
     """
 
     def __init__(self, run_dir, plans: dict, scorer, device, threshold: float | None = None,
@@ -117,7 +119,7 @@ class Predictor:
             try:
                 written = json.loads((out_dir / f"{name}_regions.json").read_text()).get("model_id")
             except (OSError, ValueError, AttributeError):
-                written = None  # unreadable: scored again below only with --overwrite, as before
+                written = None  # unreadable, or written before outputs carried a model id: kept
             if written is not None and written != self.model_id:
                 raise ScreenerError(f"{out_dir / (name + '_regions.json')}: written by another model (or another "
                                     "calibration); pass --overwrite true to replace this folder's outputs, or "
@@ -249,57 +251,6 @@ def model_fingerprint(scorer: torch.nn.Module, threshold: float | None) -> str:
         if isinstance(value, torch.Tensor):
             h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def overlap_io(device: torch.device) -> bool:
-    """Whether reading and writing scans in background threads speeds up scoring on ``device``:
-    on a GPU, or where PyTorch's threads leave a CPU core free (on 2 cores they only compete)."""
-    from screener_plans.parallel import usable_cpus
-
-    return device.type != "cpu" or usable_cpus() > torch.get_num_threads()
-
-
-class InlineExecutor:
-    """``ThreadPoolExecutor``'s ``submit`` running each task in this thread: at once, or
-    (``deferred``) when its ``result()`` is first asked for."""
-
-    def __init__(self, deferred: bool = False):
-        self.deferred = bool(deferred)
-
-    def submit(self, fn, *args):
-        future = _InlineFuture(fn, args)
-        if not self.deferred:
-            future.result_or_error()
-        return future
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _InlineFuture:
-    """The ``result()`` of a task run in the caller's thread; an error is kept for ``result()``,
-    as a pool would keep it (Ctrl-C goes through at once)."""
-
-    def __init__(self, fn, args):
-        self._task, self._value, self._error = (fn, args), None, None
-
-    def result_or_error(self) -> None:
-        if self._task is not None:
-            fn, args = self._task
-            self._task = None
-            try:
-                self._value = fn(*args)
-            except Exception as e:
-                self._error = e
-
-    def result(self):
-        self.result_or_error()
-        if self._error is not None:
-            raise self._error
-        return self._value
 
 
 def _gather(summary: dict, world: int) -> dict:
