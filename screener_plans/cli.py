@@ -11,7 +11,7 @@ import sys
 from screener_plans.errors import ScreenerError
 from screener_plans.io_utils import remove_dirs_left_empty
 from screener_plans.log_setup import log_to_stderr, root_logger_kept
-from screener_plans.options import as_bool
+from screener_plans.options import as_bool, as_number, check_device
 
 
 def _echo(msg: str) -> None:
@@ -37,9 +37,10 @@ class Screener:
         """
         from screener_plans.data.synthetic import make_synthetic_dataset
 
-        kwargs = {"cases": int(cases), "seed": int(seed), "overwrite": as_bool(overwrite, "overwrite")}
+        kwargs = {"cases": as_number(cases, "cases", int, minimum=2), "seed": as_number(seed, "seed", int, minimum=0),
+                  "overwrite": as_bool(overwrite, "overwrite")}
         if test_cases is not None:
-            kwargs["test_cases"] = int(test_cases)
+            kwargs["test_cases"] = as_number(test_cases, "test-cases", int, minimum=1)
         info = make_synthetic_dataset(out_dir, **kwargs)
         _echo(f"wrote synthetic data set to {out_dir}")
         return _summary(info)
@@ -60,6 +61,8 @@ class Screener:
         """
         from screener_plans.planning.planner import plan
 
+        device, workers = check_device(device), as_number(workers, "workers", int, minimum=0)
+        memory_gb, seed = as_number(memory_gb, "memory-gb", float, above=0), as_number(seed, "seed", int, minimum=0)
         plans = plan(data_dir, run_dir, device=device, memory_gb=memory_gb, overrides=set,
                      skip_bad=as_bool(skip_bad, "skip-bad"),
                      workers=workers, seed=seed)
@@ -80,7 +83,8 @@ class Screener:
         """
         from screener_plans.data.preprocess import preprocess
 
-        summary = preprocess(run_dir, data_dir=data_dir, workers=workers, skip_bad=as_bool(skip_bad, "skip-bad"))
+        summary = preprocess(run_dir, data_dir=data_dir, workers=as_number(workers, "workers", int, minimum=0),
+                             skip_bad=as_bool(skip_bad, "skip-bad"))
         for e in summary["errors"]:
             _echo(f"skipped {e['path']}: {e['problem']}")
         _echo(f"preprocessed {summary['done']} case(s), {summary['cached']} already cached, "
@@ -104,6 +108,7 @@ class Screener:
         """
         from screener_plans.bundle_runner import train_stage
 
+        device = None if device is None else check_device(device)
         path = train_stage(run_dir, stage, max_steps=max_steps, device=device, condition=condition,
                            density=density, resume=as_bool(resume, "resume"), features=features,
                            intensity_prior=intensity_prior)
@@ -119,7 +124,8 @@ class Screener:
         """
         from screener_plans.inference.predict import calibrate
 
-        result = calibrate(run_dir, device=device, max_cases=max_cases)
+        result = calibrate(run_dir, device=check_device(device),
+                           max_cases=as_number(max_cases, "max-cases", int, minimum=1))
         _echo(f"threshold {result['threshold']:.4g} (quantile {result['quantile']}) -> {run_dir}/calibration.json")
 
     def predict(self, run_dir, input, output_dir, device: str = "auto", skip_bad: bool = True,  # noqa: A002
@@ -137,6 +143,7 @@ class Screener:
         """
         from screener_plans.bundle_runner import run_bundle
 
+        device = check_device(device)
         run_bundle("screener_inference", "inference.yaml", run_dir=str(run_dir), input=str(input),
                    output_dir=str(output_dir), device=device, skip_bad=as_bool(skip_bad, "skip-bad"),
                    overwrite=as_bool(overwrite, "overwrite"),
@@ -169,8 +176,10 @@ class Screener:
         """
         from screener_plans.pipeline import plan_and_train
 
-        plan_and_train(data_dir, run_dir, budget_minutes=budget_minutes, device=device, condition=condition,
-                       density=density, skip_bad=as_bool(skip_bad, "skip-bad"), overrides=set, workers=workers, features=features,
+        plan_and_train(data_dir, run_dir, budget_minutes=as_number(budget_minutes, "budget-minutes", float, above=0),
+                       device=check_device(device), condition=condition, density=density,
+                       skip_bad=as_bool(skip_bad, "skip-bad"), overrides=set,
+                       workers=as_number(workers, "workers", int, minimum=0), features=features,
                        intensity_prior=intensity_prior)
         _echo(f"trained run ready: {run_dir}  (next: screener predict {run_dir} INPUT OUTPUT_DIR)")
 
@@ -186,7 +195,8 @@ class Screener:
         """
         from screener_plans.demo import run_demo
 
-        print(run_demo(out_dir, budget_minutes=budget_minutes, cases=cases, device=device))
+        print(run_demo(out_dir, budget_minutes=as_number(budget_minutes, "budget-minutes", float, above=0),
+                       cases=as_number(cases, "cases", int, minimum=2), device=check_device(device)))
 
     def evaluate(self, pred_dir, labels_dir, mask_dir=None, output=None):
         """Print AUROC, AUROC@FPR0.3 and AUPRO@FPR0.3 (pooled and per case) as JSON.
@@ -309,8 +319,48 @@ def main(argv: list[str] | None = None) -> int:
         return _run_command(fire, argv)
 
 
+def _command_function(argv: list[str]):
+    """``(words, function)`` of the command ``argv`` names (``zoo export`` -> ``Zoo.export``), or None."""
+    owner, words = Screener, []
+    for token in argv:
+        if token.startswith("-"):
+            break
+        member = owner.__dict__.get(token.replace("-", "_"))
+        if isinstance(member, property):  # `zoo`: a group of subcommands
+            owner, words = Zoo, words + [token]
+            continue
+        if callable(member) and not token.startswith("_"):
+            return words + [token], member
+        return None
+    return None
+
+
+def check_flags(argv: list[str]) -> None:
+    """Fire runs a command first and complains about an unknown flag after (a typo in a
+    `calibrate` flag would rewrite calibration.json, then fail): unknown flags are refused here,
+    before anything runs."""
+    import inspect
+
+    found = _command_function(argv)
+    if found is None:
+        return  # no command, or an unknown one: fire says so without running anything
+    words, function = found
+    params = [p for p in inspect.signature(function).parameters if p != "self"]
+    for token in argv[len(words):]:
+        if token == "--":  # fire's own flags follow, e.g. `-- --help`
+            return
+        if not token.startswith("--") or token in ("--help", "--helpfull"):
+            continue
+        name = token[2:].split("=", 1)[0].replace("-", "_")
+        if name not in params and not (name.startswith("no") and name[2:] in params):
+            options = ", ".join("--" + p.replace("_", "-") for p in params)
+            raise ScreenerError(f"unknown option {token.split('=', 1)[0]} for `screener {' '.join(words)}` "
+                                f"(its options: {options})")
+
+
 def _run_command(fire, argv: list[str]) -> int:
     try:
+        check_flags(argv)
         fire.Fire(Screener(), command=argv, name="screener")
     except ScreenerError as e:
         remove_dirs_left_empty()

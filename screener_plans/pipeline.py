@@ -71,6 +71,22 @@ def _apply_budget(run_dir: Path, plans: dict, stages: list[str], budget_minutes:
                 ", ".join(f"{s} {v['steps']} ({v['step_seconds']:.2f} s/step)" for s, v in chosen.items()))
 
 
+def _refuse_changed_overrides(plans: dict, overrides, plans_file: Path) -> None:
+    """A re-run goes on with the run's plans: a ``--set`` that would change them is refused, not
+    silently dropped (the stages already trained were trained on the old values)."""
+    from screener_plans.planning.plans import get_key, parse_overrides
+
+    for key, value in parse_overrides(overrides).items():
+        try:
+            current = get_key(plans, key)
+        except KeyError:
+            current = None
+        if current != value:
+            raise ScreenerError(f"{plans_file}: the run was planned with {key}={current!r}; --set {key}={value!r} "
+                                "would not apply to it: plan into a new run folder (or delete plans.json and "
+                                "what was trained with it)")
+
+
 def plan_and_train(data_dir, run_dir, budget_minutes: float | None = None, device: str = "auto",
                    condition: str | None = None, density: str | None = None, skip_bad: bool = False,
                    overrides=None, workers: int = 0, features: str | None = None, intensity_prior=None) -> dict:
@@ -83,10 +99,13 @@ def plan_and_train(data_dir, run_dir, budget_minutes: float | None = None, devic
     from screener_plans.planning.plans import load_plans, save_plans
 
     t0 = time.monotonic()
+    if budget_minutes and budget_minutes * 60 <= 30.0 + 60.0:
+        raise ScreenerError(f"--budget-minutes {budget_minutes:g} leaves no time for training (give at least 2)")
     run_dir = Path(run_dir)
     plans_file = run_dir / "plans.json"
     if plans_file.exists():
         plans = load_plans(plans_file)
+        _refuse_changed_overrides(plans, overrides, plans_file)
         logger.info("using existing %s (delete it to plan again)", plans_file)
     else:
         plans = plan(data_dir, run_dir, device=device, overrides=overrides, skip_bad=skip_bad, workers=workers)

@@ -125,3 +125,33 @@ def test_plan_and_train_trains_what_the_density_needs_and_resumes(ct_folder, tmp
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "needs the CT intensity among the scored features" in bad.stderr
     assert not (tmp_path / "run2" / "preprocessed").exists()  # refused before any work
+
+
+def test_unknown_option_is_refused_before_the_command_runs(tmp_path, capsys):
+    """Fire would run `calibrate` (rewriting calibration.json) and only then complain."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "calibration.json").write_text('{"threshold": 1.0}')
+    code, err = _run(["calibrate", str(run), "--max-case", "3"], capsys)
+    assert code == 2 and "unknown option --max-case for `screener calibrate`" in err and "--max-cases" in err
+    assert (run / "calibration.json").read_text() == '{"threshold": 1.0}'
+    code, err = _run(["zoo", "export", str(run), "--device", "gpu"], capsys)
+    assert code == 2 and "unknown option --device for `screener zoo export`" in err
+    assert not (run / "models").exists()
+    code, err = _run(["predict", str(run), str(run), str(tmp_path / "out"), "--overwrite=true", "--nooverwrite"],
+                     capsys)
+    assert "unknown option" not in err  # --flag=value and fire's --noflag are known spellings
+
+
+@pytest.mark.parametrize("args,message", [
+    (["make-synthetic", "{tmp}/syn", "--cases", "abc"], "--cases must be an integer, got 'abc'"),
+    (["plan", "{tmp}", "{tmp}/run", "--memory-gb", "-4"], "--memory-gb must be a number > 0, got -4"),
+    (["plan", "{tmp}", "{tmp}/run", "--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    (["plan-and-train", "{tmp}", "{tmp}/run", "--budget-minutes", "abc"], "--budget-minutes must be a number"),
+    (["plan-and-train", "{tmp}", "{tmp}/run", "--budget-minutes", "1"], "leaves no time for training"),
+    (["calibrate", "{tmp}/run", "--max-cases", "0"], "--max-cases must be an integer >= 1, got 0"),
+])
+def test_option_values_are_checked_before_any_work(tmp_path, capsys, args, message):
+    code, err = _run([a.format(tmp=tmp_path) for a in args], capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert sorted(tmp_path.iterdir()) == []  # nothing written, not even a run folder

@@ -161,3 +161,21 @@ def test_case_pool_workers_share_the_cores(monkeypatch):
     with parallel.case_pool(16) as pool:
         assert pool.submit(parallel.worker_threads).result() == 1
     assert parallel.worker_threads() == 8  # the calling process keeps its own
+
+
+def test_trained_run_is_not_planned_again_and_its_plans_not_silently_kept(ct_folder, tmp_path):
+    """New plans under trained stages would leave them stale; `plan-and-train --set` on an
+    existing run would be silently dropped: both are refused before any work."""
+    from screener_plans.pipeline import plan_and_train
+
+    run = tmp_path / "run"
+    plan(ct_folder, run, device="cpu", workers=1, progress=False, overrides=["steps.condition=40"])
+    with pytest.raises(ScreenerError, match=r"planned with steps.condition=40; --set steps.condition=5"):
+        plan_and_train(ct_folder, run, device="cpu", workers=1, overrides=["steps.condition=5"])
+    assert not (run / "preprocessed").exists()
+    (run / "condition" / "models").mkdir(parents=True)
+    (run / "condition" / "models" / "model.pt").write_bytes(b"x")
+    before = (run / "plans.json").read_text()
+    with pytest.raises(ScreenerError, match=r"holds stages trained with its current plans \(condition\)"):
+        plan(ct_folder, run, device="cpu", workers=1, progress=False, overrides=["spacing=[3.0, 3.0, 3.0]"])
+    assert (run / "plans.json").read_text() == before

@@ -122,6 +122,27 @@ def test_rerun_skips_only_what_the_same_model_wrote(env, tmp_path):
     assert json.loads((out / "case_0_regions.json").read_text())["threshold"] == 2.0
 
 
+def test_output_folder_holding_the_inputs_is_refused(env, tmp_path):
+    """`screener predict RUN DIR DIR` would replace each CT by its anomaly map: refused, untouched."""
+    import shutil
+
+    from screener_plans.engines.models import load_scorer
+    from screener_plans.errors import ScreenerError
+    from screener_plans.inference.predict import Predictor
+
+    inout = tmp_path / "inout"
+    inout.mkdir()
+    scan = sorted(env["data"].glob("*.nii.gz"))[0]
+    shutil.copy(scan, inout / scan.name)
+    before = (inout / scan.name).read_bytes()
+    pred = Predictor(env["run"], env["plans"], load_scorer(env["run"], env["plans"]), "cpu", threshold=1.0,
+                     progress=False)
+    for source in (inout, inout / scan.name):
+        with pytest.raises(ScreenerError, match="the output folder holds the input scan"):
+            pred.run(source, inout)
+    assert (inout / scan.name).read_bytes() == before and sorted(inout.iterdir()) == [inout / scan.name]
+
+
 def test_background_threads_only_where_they_have_a_core(monkeypatch):
     import torch
 

@@ -163,7 +163,7 @@ def test_folder_of_image_files_inside_the_data_folder_is_pointed_out(tmp_path):
     cases, bad = find_cases(tmp_path, with_bad=True)
     reasons = {Path(b.path).name: b.reason for b in bad}
     assert cases == [] and "give it as the data folder itself" in reasons["train"]
-    assert "subfolder images/ holds image files; give that folder as the data folder" in reasons["test"]
+    assert f"image files are in {tmp_path / 'test' / 'images'}; give that folder as the data folder" in reasons["test"]
     assert reasons["empty"] == "folder holds no DICOM files"
 
 

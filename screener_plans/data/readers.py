@@ -172,7 +172,7 @@ def find_cases(data_dir: str | Path, with_bad: bool = False):
                 cases.append(CaseSource(entry.name, entry.path, "dicom", "PydicomReader", tuple(files)))
             elif (images := _image_folder_in(entry.path)) is not None:  # DATA given where DATA/train was meant
                 what = ("a folder of image files inside the data folder; give it" if images == entry.path
-                        else f"its subfolder {Path(images).name}/ holds image files; give that folder")
+                        else f"image files are in {images}; give that folder")
                 bad.append(BadCaseError(entry.path, f"{what} as the data folder itself "
                                         "(cases are files or DICOM folders)"))
             else:

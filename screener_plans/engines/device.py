@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 
 import torch
 
 from screener_plans.errors import ScreenerError
+from screener_plans.options import check_device
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:
     """'auto'/None -> this process's GPU when there is one (LOCAL_RANK under torchrun), else CPU."""
     device = "auto" if device in (None, "", "auto") else str(device)
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
-        raise ScreenerError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    check_device(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):

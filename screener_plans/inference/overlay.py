@@ -153,7 +153,7 @@ def _scale_labels(height: int, start: float, top: float, scale: int) -> np.ndarr
     colour = np.asarray(LABEL_RGB) / 255.0
     draw_text(strip, f"{top:.3g}"[:SCALE_CHARS], 0, 0, colour, scale)
     if height >= 3 * th:
-        draw_text(strip, f"{start:.3g}"[:SCALE_CHARS], height - th, 0, colour, scale)
+        draw_text(strip, f"{start:.3g}"[:SCALE_CHARS], height - th - scale, 0, colour, scale)
     return strip
 
 

@@ -178,11 +178,12 @@ class Predictor:
 
         from screener_plans.data.readers import find_cases
 
-        out_dir = ensure_writable_dir(output_dir)
-        sweep_stale_temporaries(out_dir)  # left by a run killed mid-write
         cases, bad = find_cases(input_path, with_bad=True)
         if not cases and not bad:
             raise ScreenerError(f"{input_path}: no images found")
+        _refuse_overwriting_inputs(cases, Path(output_dir))
+        out_dir = ensure_writable_dir(output_dir)
+        sweep_stale_temporaries(out_dir)  # left by a run killed mid-write
         if self.threshold is None:
             logger.warning("%s has no calibration.json: region threshold falls back to each scan's 99.9th "
                            "percentile (run `screener calibrate %s`)", self.run_dir, self.run_dir)
@@ -238,6 +239,21 @@ class Predictor:
             raise ScreenerError(f"no case could be scored; first: {summary['errors'][0]['path']}: "
                                 f"{summary['errors'][0]['problem']}")
         return summary
+
+
+def _refuse_overwriting_inputs(cases, out_dir: Path) -> None:
+    """An output folder that holds the input scans would have them replaced by their maps."""
+    import os
+
+    if not out_dir.is_dir():
+        return
+    inputs = {os.path.realpath(c.path) for c in cases if c.kind == "file"}
+    for case in cases:
+        for suffix in (".nii.gz", "_regions.json", ".png"):
+            target = out_dir / f"{case.name}{suffix}"
+            if target.exists() and os.path.realpath(target) in inputs:
+                raise ScreenerError(f"{out_dir}: the output folder holds the input scan {target}, which its anomaly "
+                                    "map would replace; choose another output folder")
 
 
 def model_fingerprint(scorer: torch.nn.Module, threshold: float | None) -> str:

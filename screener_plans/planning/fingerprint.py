@@ -223,8 +223,9 @@ def build_fingerprint(data_dir: str | Path, run_dir: str | Path, workers: int = 
         listing = "; ".join(f"{s['path']}: {s['problem']}" for s in skipped[:10])
         more = f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
         stop = "" if (listing + more).endswith(("?", ".")) else "."
-        raise ScreenerError(f"{len(skipped)} case(s) cannot be used: {listing}{more}{stop} "
-                            "Fix or remove them, or re-run with --skip-bad to leave them out")
+        remedy = ("Fix or remove them, or re-run with --skip-bad to leave them out" if good
+                  else "None of the cases can be used")
+        raise ScreenerError(f"{len(skipped)} case(s) cannot be used: {listing}{more}{stop} {remedy}")
     if not good:
         raise ScreenerError(f"{data_dir}: no readable CT images"
                             + (f" ({len(skipped)} bad case(s) skipped)" if skipped else ""))

@@ -212,6 +212,17 @@ def derive_plans(fingerprint: dict, device: str, memory_gb: float, preset: str |
     return plans
 
 
+def _refuse_trained_run(run_dir: Path) -> None:
+    """New plans under trained stages would leave those stages stale (other spacing, crop, ...)."""
+    trained = [stage for stage in ("descriptor", "condition", "density")
+               if (run_dir / stage / "models" / "model.pt").exists()
+               or any((run_dir / stage / "checkpoints").glob("checkpoint_*.pt"))]
+    if trained:
+        raise ScreenerError(f"{run_dir}: holds stages trained with its current plans ({', '.join(trained)}); new "
+                            "plans would leave them stale: plan into a new run folder, or delete those stage "
+                            "folders first")
+
+
 def plan(data_dir, run_dir, device: str = "auto", memory_gb: float | None = None, overrides=None,
          skip_bad: bool = False, workers: int = 0, seed: int = 0, progress: bool = True) -> dict:
     """Fingerprint ``data_dir`` and write ``RUN_DIR/fingerprint.json`` and ``RUN_DIR/plans.json``."""
@@ -224,6 +235,7 @@ def plan(data_dir, run_dir, device: str = "auto", memory_gb: float | None = None
         raise ScreenerError(f"{data_dir}: not a folder")
     overrides = parse_overrides(overrides)
     check_override_keys(overrides)  # before fingerprinting a whole archive
+    _refuse_trained_run(Path(run_dir))
     run_dir = ensure_writable_dir(run_dir)
     fingerprint = build_fingerprint(data_dir, run_dir, workers=workers, skip_bad=skip_bad, progress=progress)
     resolved = detect_device(device)
