@@ -42,7 +42,7 @@ class Screener:
         if test_cases is not None:
             kwargs["test_cases"] = as_number(test_cases, "test-cases", int, minimum=1)
         info = make_synthetic_dataset(out_dir, **kwargs)
-        _echo(f"wrote synthetic data set to {out_dir}")
+        _echo(f"synthetic data set ready in {out_dir}")
         return _summary(info)
 
     def plan(self, data_dir, run_dir, device: str = "auto", memory_gb: float | None = None, skip_bad: bool = False,

@@ -94,7 +94,7 @@ def plan_and_train(data_dir, run_dir, budget_minutes: float | None = None, devic
     from screener_plans.bundle_runner import train_stage
     from screener_plans.data.preprocess import preprocess
     from screener_plans.engines.models import density_config, with_density_choices
-    from screener_plans.inference.predict import calibrate, calibration_path
+    from screener_plans.inference.predict import calibrate, calibration_is_current
     from screener_plans.planning.planner import plan
     from screener_plans.planning.plans import load_plans, save_plans
 
@@ -132,7 +132,7 @@ def plan_and_train(data_dir, run_dir, budget_minutes: float | None = None, devic
             logger.info("%s already trained", stage)
             continue
         train_stage(run_dir, stage, device=dev)
-    if not calibration_path(run_dir).exists():
+    if not calibration_is_current(run_dir):  # missing, or made with a density trained since
         calibrate(run_dir, plans, device=device)
     elapsed = time.monotonic() - t0
     logger.info("plan-and-train finished in %.1f min: %s", elapsed / 60, run_dir)

@@ -78,6 +78,11 @@ def test_preprocess_is_resumable(dotted_case, tmp_path):
     shutil.rmtree(run / "preprocessed" / "other")
     assert cached_cases(run, plans) == ["dotted"]
     assert preprocess(run, plans=plans, workers=1, progress=False)["done"] == 1
+    # a scan replaced by another under the same name is preprocessed again, not kept from the cache
+    src = next(p for p in data.iterdir() if p.name.startswith("dotted"))
+    shutil.copy(next(p for p in data.iterdir() if p.name.startswith("other")), src)
+    again = preprocess(run, plans=plans, workers=1, progress=False)
+    assert (again["done"], again["cached"]) == (1, 1)
     # changed plans values invalidate the cache
     plans["intensity"]["window"] = [-1000.0, 500.0]
     assert cached_cases(run, plans) == []

@@ -204,6 +204,37 @@ def test_density_scores_planted_anomaly_above_normal_tissue(tiny_run, tmp_path, 
     assert regions["case"] == "planted" and regions["threshold"] > 0
     assert all(r["max_score"] >= regions["threshold"] for r in regions["regions"])
     assert (tmp_path / "out" / "planted.png").stat().st_size > 1000
+    _assert_stale_models_are_refused(tiny_run, run)
+
+
+def _perturb(path):
+    state = torch.load(path, weights_only=False)
+    key = next(k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point())
+    state[key] = state[key] + 1e-3
+    torch.save(state, path)
+
+
+def _assert_stale_models_are_refused(tiny_run, run):
+    """Retraining the condition leaves the density stale, retraining the density the calibration:
+    both are refused with what to run (not silently scored with mismatched parts)."""
+    import shutil
+
+    from screener_plans.engines.models import load_scorer
+    from screener_plans.errors import ScreenerError
+    from screener_plans.inference.predict import calibration_is_current, load_threshold
+
+    plans = json.loads((run / "plans.json").read_text())
+    assert calibration_is_current(run) and load_threshold(run) is not None
+    (run / "condition").unlink()  # a copy of its own: the fixture's stays as it is
+    shutil.copytree(tiny_run / "condition", run / "condition")
+    load_scorer(run, plans)  # the same weights, copied: fine
+    _perturb(run / "condition" / "models" / "model.pt")
+    with pytest.raises(ScreenerError, match="trained on another condition model.*--stage density --resume false"):
+        load_scorer(run, plans)
+    _perturb(run / "density" / "models" / "model.pt")
+    assert not calibration_is_current(run)
+    with pytest.raises(ScreenerError, match="calibrated with another density model"):
+        load_threshold(run)
 
 
 @pytest.fixture(scope="module")

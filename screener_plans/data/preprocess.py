@@ -170,11 +170,14 @@ def case_dir(run_dir: str | Path, name: str) -> Path:
     return Path(run_dir) / "preprocessed" / name
 
 
-def is_done(out: Path, key: dict) -> bool:
-    """A case is done when its folder is complete and was made with the same plans values."""
+def is_done(out: Path, key: dict, source: dict | None = None) -> bool:
+    """A case is done when its folder is complete and was made with the same plans values (and,
+    given its ``source`` signature, from the same unchanged file)."""
     try:
         meta = json.loads((out / "meta.json").read_text())
     except (OSError, ValueError):
+        return False
+    if source is not None and meta.get("source_signature") != source:
         return False
     return meta.get("cache_key") == key and (out / "image.npy").exists() and (out / "mask.npy").exists()
 
@@ -200,7 +203,11 @@ def preprocess_case(case: CaseSource, plans: dict, run_dir: str | Path) -> dict:
     """Read, validate, preprocess and cache one case; returns a status dict."""
     out = case_dir(run_dir, case.name)
     key = cache_key(plans)
-    if is_done(out, key):
+    try:
+        source = case.signature()  # a scan replaced under the same name is preprocessed again
+    except OSError as e:
+        return {"name": case.name, "path": case.path, "status": "error", "error": f"cannot be read ({e.strerror})"}
+    if is_done(out, key, source):
         return {"name": case.name, "status": "cached"}
     try:
         img = validate_ct(read_case(case))
@@ -208,6 +215,7 @@ def preprocess_case(case: CaseSource, plans: dict, run_dir: str | Path) -> dict:
     except BadCaseError as e:
         return {"name": case.name, "path": case.path, "status": "error", "error": e.reason}
     meta["cache_key"] = key
+    meta["source_signature"] = source
     write_case(out, image, mask, meta)
     return {"name": case.name, "status": "done", "peak_rss_mb": peak_rss_mb()}
 

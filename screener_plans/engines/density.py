@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from screener_plans.engines.device import amp_dtype, autocast, channels_last
-from screener_plans.engines.models import Scorer, build_density_model, build_features, density_config
+from screener_plans.engines.models import (Scorer, build_density_model, build_features, density_config,
+                                           upstream_digests)
 from screener_plans.engines.steps import NonFiniteGuard, optimizer_step
 
 
@@ -28,7 +29,8 @@ def build_density_scorer(run_dir, plans: dict, condition=None, density=None, fea
     if cfg["intensity_prior"] and (resume_dir is None or latest_checkpoint(resume_dir) is None):
         model.set_table(IntensityBaseline.fit(run_dir, plans).neg_log_prob)
     scorer = channels_last(Scorer(build_features(run_dir, plans, cfg), model))
-    scorer.config = cfg
+    # recorded with the model, so that retraining an upstream stage is noticed when it is loaded
+    scorer.config = {**cfg, "trained_on": upstream_digests(run_dir, cfg)}
     return scorer
 
 

@@ -24,6 +24,35 @@ def model_path(run_dir, stage: str) -> Path:
     return Path(run_dir) / stage / "models" / "model.pt"
 
 
+def file_digest(path: Path) -> str | None:
+    """A short content hash of a model file (None when it does not exist)."""
+    import hashlib
+
+    try:
+        return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+def upstream_digests(run_dir, cfg: dict) -> dict:
+    """Content hashes of the trained stages a density with config ``cfg`` is trained on."""
+    stages = (["descriptor"] if uses_descriptor(cfg["features"]) else []) + \
+        (["condition"] if cfg["condition"] == "masked" else [])
+    return {stage: file_digest(model_path(run_dir, stage)) for stage in stages}
+
+
+def check_upstream(run_dir, cfg: dict) -> None:
+    """A density trained on other descriptor/condition models than the run's present ones scores
+    wrong features: refuse, saying how to retrain it."""
+    recorded = cfg.get("trained_on") or {}
+    for stage, digest in recorded.items():
+        now = file_digest(model_path(run_dir, stage))
+        if digest is not None and now is not None and now != digest:
+            raise ScreenerError(f"{density_config_path(run_dir)}: the density model was trained on another {stage} "
+                                f"model than {model_path(run_dir, stage)}; retrain it (`screener train {run_dir} "
+                                f"--stage density --resume false`), then `screener calibrate {run_dir}`")
+
+
 def load_state(path: Path, what: str) -> dict:
     if not path.exists():
         raise ScreenerError(f"{path}: {what} model not found; train it first "
@@ -226,6 +255,7 @@ def load_scorer(run_dir, plans: dict) -> Scorer:
         raise ScreenerError(f"{cfg_path}: density model not found; train it first "
                             f"(`screener train {run_dir} --stage density`)")
     cfg = json.loads(cfg_path.read_text())
+    check_upstream(run_dir, cfg)
     features = build_features(run_dir, plans, cfg)
     path = model_path(run_dir, "density")
     density = load_into(build_density_model(cfg), load_state(path, "density"), path, "density")

@@ -30,15 +30,36 @@ def calibration_path(run_dir) -> Path:
     return Path(run_dir) / "calibration.json"
 
 
+def _read_calibration(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        float(data["threshold"])
+        return data
+    except (ValueError, KeyError, OSError, TypeError) as e:
+        raise ScreenerError(f"{path}: unreadable calibration ({e}); delete it and run `screener calibrate`") from None
+
+
+def calibration_is_current(run_dir) -> bool:
+    """Whether calibration.json exists and was made with the run's present density model."""
+    from screener_plans.engines.models import file_digest, model_path
+
+    path = calibration_path(run_dir)
+    if not path.exists():
+        return False
+    recorded = _read_calibration(path).get("density_model")
+    now = file_digest(model_path(run_dir, "density"))
+    return recorded is None or now is None or recorded == now
+
+
 def load_threshold(run_dir) -> float | None:
     """The region threshold calibrated on the training data, or None when not calibrated yet."""
     path = calibration_path(run_dir)
     if not path.exists():
         return None
-    try:
-        return float(json.loads(path.read_text())["threshold"])
-    except (ValueError, KeyError, OSError) as e:
-        raise ScreenerError(f"{path}: unreadable calibration ({e}); delete it and run `screener calibrate`") from None
+    if not calibration_is_current(run_dir):
+        raise ScreenerError(f"{path}: calibrated with another density model than the run's present one; "
+                            f"run `screener calibrate {run_dir}`")
+    return float(_read_calibration(path)["threshold"])
 
 
 def build_inferer(plans: dict, device, progress: bool = False):
@@ -81,7 +102,9 @@ def calibrate(run_dir, plans: dict | None = None, scorer=None, device="auto", ma
             bar.update()
 
     result = calibrate_threshold(maps(), quantile=quantile)
-    result = {**result, "cases": chosen}
+    from screener_plans.engines.models import file_digest, model_path
+
+    result = {**result, "cases": chosen, "density_model": file_digest(model_path(run_dir, "density"))}
     write_json(calibration_path(run_dir), result)
     logger.info("calibrated region threshold %.4g (body-voxel quantile %g over %d training cases)",
                 result["threshold"], quantile, len(chosen))
