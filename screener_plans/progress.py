@@ -45,8 +45,10 @@ class Progress:
         worked = self.n - self.skipped
         rate = worked / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.n) / rate if rate > 0 else 0.0
+        # with nothing worked on yet (all done by an earlier run, so far) a rate would read 0.00
+        speed = f"{rate:.2f} {self.unit}/s" if worked else f"{self.skipped} already done"
         line = (f"{self.label} {self.n}/{self.total} [{100 * self.n / self.total:3.0f}%] "
-                f"{rate:.2f} {self.unit}/s elapsed {_fmt(elapsed)} ETA {_fmt(eta)}{(' ' + extra) if extra else ''}")
+                f"{speed} elapsed {_fmt(elapsed)} ETA {_fmt(eta)}{(' ' + extra) if extra else ''}")
         if self._tty:
             self.stream.write("\r" + line + ("\n" if self.n >= self.total else ""))
         else:

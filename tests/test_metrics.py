@@ -236,7 +236,7 @@ def test_evaluate_nifti_folders(tmp_path):
     result = evaluate(folders["pred"], folders["labels"], folders["masks"])
     json.dumps(result)  # JSON-ready: no NaN, no numpy scalars
     assert result["n_cases"] == 3 and set(result["cases"]) == {"a", "b", "c"}
-    assert result["n_regions"] == 10
+    assert result["n_regions"] == result["n_lesions"] == 10
     scores = np.concatenate([s[m > 0] for s, _, m in data.values()])
     labels = np.concatenate([y[m > 0] for _, y, m in data.values()]) > 0
     assert abs(result["metrics"]["auroc"] - roc_auc_score(labels, scores)) < TOL
@@ -244,7 +244,7 @@ def test_evaluate_nifti_folders(tmp_path):
     s_a, y_a, m_a = data["a"]
     case_a = result["cases"]["a"]
     assert abs(case_a["auroc"] - roc_auc_score(y_a[m_a > 0] > 0, s_a[m_a > 0])) < TOL
-    assert case_a["n_regions"] == 5
+    assert case_a["n_regions"] == case_a["n_lesions"] == 5
     assert result["cases"]["c"]["auroc"] is None and "no positive" in result["cases"]["c"]["note"]
     assert result["cases"]["c"]["aupro_fpr03"] is None
     # without masks every voxel counts

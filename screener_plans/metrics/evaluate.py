@@ -93,7 +93,9 @@ def _number(value: float) -> float | None:
 
 def _summary(acc: VoxelMetricAccumulator) -> dict:
     result = {key: _number(value) for key, value in acc.compute().items()}
-    result.update(n_regions=acc.n_regions, n_voxels=acc.n_positive + acc.n_negative,
+    # n_lesions: the labelled lesions (connected regions of the label masks); n_regions is the
+    # same number under its first name, kept for scripts that read it
+    result.update(n_regions=acc.n_regions, n_lesions=acc.n_regions, n_voxels=acc.n_positive + acc.n_negative,
                   n_positive=acc.n_positive)
     reason = acc.undefined_reason()
     if reason is not None:
@@ -109,8 +111,8 @@ def evaluate(pred_dir, labels_dir, mask_dir=None, bins: int = DEFAULT_BINS) -> d
     Other files in ``pred_dir`` are ignored. Two passes over the predictions: the first finds
     the pooled score range and bulk for the bins, the second fills one accumulator per case,
     each merged into the pooled one. Returns ``{"metrics": pooled, "cases": {case: metrics,
-    n_regions, n_voxels, n_positive[, note]}, "n_cases", "n_voxels", "n_positive",
-    "n_regions", "binning": {"bins", "error_bound"}}``; undefined per-case metrics are None.
+    n_regions, n_lesions, n_voxels, n_positive[, note]}, "n_cases", "n_voxels", "n_positive",
+    "n_regions", "n_lesions", "binning": {"bins", "error_bound"}}``; undefined per-case metrics are None.
     """
     pred_dir, labels_dir = Path(pred_dir), Path(labels_dir)
     labels = _nifti_cases(labels_dir, "label")
@@ -161,6 +163,7 @@ def evaluate(pred_dir, labels_dir, mask_dir=None, bins: int = DEFAULT_BINS) -> d
         "n_voxels": result["n_voxels"],
         "n_positive": result["n_positive"],
         "n_regions": result["n_regions"],
+        "n_lesions": result["n_lesions"],
         "binning": {"bins": pooled.binning.bins,
                     "error_bound": {k: _number(v) for k, v in pooled.error_bounds().items()}},
     }
