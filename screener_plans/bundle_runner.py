@@ -11,6 +11,12 @@ from screener_plans.log_setup import root_logger_kept
 STAGE_BUNDLES = {"descriptor": "screener_descriptor", "condition": "screener_condition", "density": "screener_density"}
 
 
+def stage_started(run_dir, stage: str) -> bool:
+    """Whether a stage of the run has a model or a checkpoint (trained, or training begun)."""
+    d = Path(run_dir) / stage
+    return (d / "models" / "model.pt").exists() or any((d / "checkpoints").glob("checkpoint_*.pt"))
+
+
 def bundles_root() -> Path:
     """``$SCREENER_BUNDLES`` or the ``bundles/`` folder of the source checkout."""
     env = os.environ.get("SCREENER_BUNDLES")

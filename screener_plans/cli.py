@@ -37,11 +37,9 @@ class Screener:
         """
         from screener_plans.data.synthetic import make_synthetic_dataset
 
-        kwargs = {"cases": as_number(cases, "cases", int, minimum=2), "seed": as_number(seed, "seed", int, minimum=0),
-                  "overwrite": as_bool(overwrite, "overwrite")}
-        if test_cases is not None:
-            kwargs["test_cases"] = as_number(test_cases, "test-cases", int, minimum=1)
-        info = make_synthetic_dataset(out_dir, **kwargs)
+        # counts are checked by make_synthetic_dataset, before anything is written
+        info = make_synthetic_dataset(out_dir, cases=cases, seed=seed, test_cases=test_cases,
+                                      overwrite=as_bool(overwrite, "overwrite"))
         _echo(f"synthetic data set ready in {out_dir}")
         return _summary(info)
 

@@ -63,6 +63,17 @@ def sweep_stale_temporaries(folder: str | os.PathLike) -> list[str]:
     return removed
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 @lru_cache(maxsize=1)
 def _umask() -> int:
     # /proc says it without changing it; os.umask can only read by setting, which would race
@@ -85,6 +96,13 @@ def make_readable(path: str | os.PathLike) -> None:
     os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
 
 
+def _refuse_folder(path: Path) -> None:
+    from screener_plans.errors import ScreenerError
+
+    if path.is_dir():
+        raise ScreenerError(f"{path}: is a folder; give a file name to write to")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``.
@@ -94,8 +112,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     from screener_plans.errors import ScreenerError
 
     path = Path(path)
-    if path.is_dir():
-        raise ScreenerError(f"{path}: is a folder; give a file name to write to")
+    _refuse_folder(path)
     if suffix is None:
         suffix = "".join(path.suffixes)
     try:
@@ -163,11 +180,8 @@ def remove_dirs_left_empty() -> list[Path]:
 def ensure_writable_file(path: str | os.PathLike) -> Path:
     """Check, before long work, that ``path`` can be written later: not a folder, and its folder
     (created if needed) writable."""
-    from screener_plans.errors import ScreenerError
-
     path = Path(path)
-    if path.is_dir():
-        raise ScreenerError(f"{path}: is a folder; give a file name to write to")
+    _refuse_folder(path)
     ensure_writable_dir(path.parent)
     return path
 

@@ -11,6 +11,7 @@ import logging
 import time
 from pathlib import Path
 
+from screener_plans.bundle_runner import stage_started
 from screener_plans.errors import ScreenerError
 
 logger = logging.getLogger("screener")
@@ -18,6 +19,8 @@ logger = logging.getLogger("screener")
 STAGE_SHARE = {"descriptor": 0.42, "condition": 0.33, "density": 0.25}
 STAGE_OVERHEAD_S = 12.0  # bundle start-up, data workers, final save
 MAX_STEPS = 200_000
+CALIBRATION_RESERVE_S = 30.0  # calibration and the density stage's first-batch initialisation
+MIN_TRAINING_S = 60.0
 
 
 def stages_for(condition: str, features: str = "descriptor") -> list[str]:
@@ -26,11 +29,6 @@ def stages_for(condition: str, features: str = "descriptor") -> list[str]:
 
     return ((["descriptor"] if uses_descriptor(features) else []) + (["condition"] if condition == "masked" else [])
             + ["density"])
-
-
-def stage_started(run_dir: Path, stage: str) -> bool:
-    d = run_dir / stage
-    return (d / "models" / "model.pt").exists() or any((d / "checkpoints").glob("checkpoint_*.pt"))
 
 
 def budget_steps(run_dir: Path, plans: dict, stages: list[str], seconds_left: float, device) -> dict:
@@ -53,9 +51,8 @@ def budget_steps(run_dir: Path, plans: dict, stages: list[str], seconds_left: fl
 def _apply_budget(run_dir: Path, plans: dict, stages: list[str], budget_minutes: float, elapsed: float,
                   device: str) -> None:
     """Set the steps of the stages not started yet so that the run fits ``budget_minutes``."""
-    # keep a share for calibration and for the density stage's first-batch initialisation
-    left = budget_minutes * 60 - elapsed - 30.0
-    if left <= 60:
+    left = budget_minutes * 60 - elapsed - CALIBRATION_RESERVE_S
+    if left <= MIN_TRAINING_S:
         raise ScreenerError(f"--budget-minutes {budget_minutes:g} leaves no time for training after "
                             "planning and preprocessing")
     chosen = budget_steps(run_dir, plans, stages, left * 0.93, device if device != "auto" else None)
@@ -99,7 +96,7 @@ def plan_and_train(data_dir, run_dir, budget_minutes: float | None = None, devic
     from screener_plans.planning.plans import load_plans, save_plans
 
     t0 = time.monotonic()
-    if budget_minutes and budget_minutes * 60 <= 30.0 + 60.0:
+    if budget_minutes and budget_minutes * 60 <= CALIBRATION_RESERVE_S + MIN_TRAINING_S:
         raise ScreenerError(f"--budget-minutes {budget_minutes:g} leaves no time for training (give at least 2)")
     run_dir = Path(run_dir)
     plans_file = run_dir / "plans.json"

@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import ScreenerError
+from ..options import as_number
 from .phantom_anatomy import Grid, Tissue, build_anatomy, sample_body, smooth_field
 
 TISSUE_CLASSES = {int(t): t.name.lower() for t in Tissue}
@@ -421,10 +422,8 @@ def make_synthetic_dataset(out_dir, cases: int = 24, seed: int = 0, test_fractio
     A finished data set already in ``out_dir`` is kept when it is the one asked for; another one
     is replaced only with ``overwrite`` (runs planned on it would lose their cases).
     """
-    if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 2:
-        raise ScreenerError(f"make-synthetic: --cases must be an integer >= 2, got {cases!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ScreenerError(f"make-synthetic: --seed must be a non-negative integer, got {seed!r}")
+    cases, seed = as_number(cases, "cases", int, minimum=2), as_number(seed, "seed", int, minimum=0)
+    test_cases = as_number(test_cases, "test-cases", int, minimum=1)
     if test_cases is None:
         if not 0 < float(test_fraction) < 1:
             raise ScreenerError(f"make-synthetic: test_fraction must be in (0, 1), got {test_fraction!r}")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from screener_plans.errors import ScreenerError
-from screener_plans.io_utils import write_json
+from screener_plans.io_utils import sha256_file, write_json
 from screener_plans.options import as_bool
 
 CONDITIONS = ("masked", "sincos", "none")
@@ -26,10 +26,8 @@ def model_path(run_dir, stage: str) -> Path:
 
 def file_digest(path: Path) -> str | None:
     """A short content hash of a model file (None when it does not exist)."""
-    import hashlib
-
     try:
-        return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:16]
+        return sha256_file(path)[:16]
     except OSError:
         return None
 

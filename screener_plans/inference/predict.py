@@ -39,16 +39,18 @@ def _read_calibration(path: Path) -> dict:
         raise ScreenerError(f"{path}: unreadable calibration ({e}); delete it and run `screener calibrate`") from None
 
 
-def calibration_is_current(run_dir) -> bool:
-    """Whether calibration.json exists and was made with the run's present density model."""
+def _made_with_present_density(run_dir, calibration: dict) -> bool:
     from screener_plans.engines.models import file_digest, model_path
 
-    path = calibration_path(run_dir)
-    if not path.exists():
-        return False
-    recorded = _read_calibration(path).get("density_model")
-    now = file_digest(model_path(run_dir, "density"))
+    recorded = calibration.get("density_model")
+    now = file_digest(model_path(run_dir, "density")) if recorded is not None else None
     return recorded is None or now is None or recorded == now
+
+
+def calibration_is_current(run_dir) -> bool:
+    """Whether calibration.json exists and was made with the run's present density model."""
+    path = calibration_path(run_dir)
+    return path.exists() and _made_with_present_density(run_dir, _read_calibration(path))
 
 
 def load_threshold(run_dir) -> float | None:
@@ -56,10 +58,11 @@ def load_threshold(run_dir) -> float | None:
     path = calibration_path(run_dir)
     if not path.exists():
         return None
-    if not calibration_is_current(run_dir):
+    calibration = _read_calibration(path)
+    if not _made_with_present_density(run_dir, calibration):
         raise ScreenerError(f"{path}: calibrated with another density model than the run's present one; "
                             f"run `screener calibrate {run_dir}`")
-    return float(_read_calibration(path)["threshold"])
+    return float(calibration["threshold"])
 
 
 def build_inferer(plans: dict, device, progress: bool = False):

@@ -214,9 +214,9 @@ def derive_plans(fingerprint: dict, device: str, memory_gb: float, preset: str |
 
 def _refuse_trained_run(run_dir: Path) -> None:
     """New plans under trained stages would leave those stages stale (other spacing, crop, ...)."""
-    trained = [stage for stage in ("descriptor", "condition", "density")
-               if (run_dir / stage / "models" / "model.pt").exists()
-               or any((run_dir / stage / "checkpoints").glob("checkpoint_*.pt"))]
+    from screener_plans.bundle_runner import STAGE_BUNDLES, stage_started
+
+    trained = [stage for stage in STAGE_BUNDLES if stage_started(run_dir, stage)]
     if trained:
         raise ScreenerError(f"{run_dir}: holds stages trained with its current plans ({', '.join(trained)}); new "
                             "plans would leave them stale: plan into a new run folder, or delete those stage "

@@ -18,7 +18,6 @@ The folder doubles as a run folder for inference, so `screener predict NAME INPU
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import re
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 from screener_plans.errors import ScreenerError
-from screener_plans.io_utils import atomic_path, write_json, write_text
+from screener_plans.io_utils import atomic_path, sha256_file, write_json, write_text
 from screener_plans.zoo.layout import BUNDLE_METADATA, BUNDLE_SCORER_CONFIG, BUNDLE_WEIGHTS
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
@@ -248,11 +247,3 @@ def zip_bundle(bundle_dir, zip_path, top: str) -> tuple[str, int]:
         digest = sha256_file(tmp)
         size = os.path.getsize(tmp)
     return digest, size
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
