@@ -285,3 +285,15 @@ def test_evaluate_errors(tmp_path):
     _save(folders["pred"] / "b.nii.gz", np.zeros((10, 10, 10), np.float32))
     with pytest.raises(ScreenerError, match="no positive"):
         evaluate(folders["pred"], folders["labels"])
+
+
+def test_evaluate_refuses_ct_scans_passed_as_maps(tmp_path):
+    rng = np.random.default_rng(11)
+    folders, data = _make_folders(tmp_path, rng)
+    ct = rng.integers(-1024, 1500, size=(10, 10, 10)).astype(np.int16)  # HU, as a CT scan holds
+    _save(folders["pred"] / "b.nii", ct)
+    with pytest.raises(ScreenerError, match="looks like a CT scan") as info:
+        evaluate(folders["pred"], folders["labels"])
+    assert str(folders["pred"] / "b.nii") in str(info.value)
+    (folders["pred"] / "b_regions.json").write_text("{}")  # written by `screener predict`: trusted
+    assert evaluate(folders["pred"], folders["labels"])["n_cases"] == 3

@@ -87,6 +87,17 @@ def _check_shapes(pred: Path, label: Path, mask: Path | None) -> None:
         logger.warning("%s and %s have different affines; comparing voxel by voxel", pred, label)
 
 
+def _refuse_ct_volume(pred: Path, scores: np.ndarray) -> None:
+    """A folder of CT scans passed as predictions would give plausible-looking numbers."""
+    stem = pred.name[: -len(next(s for s in _SUFFIXES if pred.name.endswith(s)))]
+    if (pred.parent / f"{stem}_regions.json").exists() or not scores.size:
+        return  # written by `screener predict`
+    low, high = float(scores.min()), float(scores.max())
+    if low <= -900 and high >= 100:
+        raise ScreenerError(f"{pred}: looks like a CT scan, not an anomaly map (values from {low:g} to "
+                            f"{high:g}, like Hounsfield units); pass the folder `screener predict` wrote")
+
+
 def _number(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
@@ -130,6 +141,7 @@ def evaluate(pred_dir, labels_dir, mask_dir=None, bins: int = DEFAULT_BINS) -> d
     for case, pred, label, mask in cases:
         _check_shapes(pred, label, mask)
         scores = _load(pred)
+        _refuse_ct_volume(pred, scores)
         if mask is not None:
             scores = scores[_load(mask) > 0]
         try:
