@@ -157,3 +157,27 @@ def test_killed_prediction_resumes(data, tmp_path):
         b = np.asarray(nib.load(str(ref / f"case_{i}.nii.gz")).dataobj)
         np.testing.assert_allclose(a, b, atol=1e-5)
         assert (out / f"case_{i}_regions.json").stat().st_size > 0 and (out / f"case_{i}.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("raised, logged", [(KeyboardInterrupt, False), ("screener", False), (ValueError, True)])
+def test_ignite_error_line_only_for_unexpected_errors(caplog, raised, logged):
+    """A Ctrl-C stop and a Screener error (reported in one line) get no Ignite ERROR line."""
+    import logging
+
+    from ignite.engine import Engine
+
+    from screener_plans.engines.handlers import quiet_handled_errors
+    from screener_plans.errors import ScreenerError
+
+    def step(engine, batch):
+        if raised == "screener":
+            raise RuntimeError("Failed to evaluate") from ScreenerError("checkpoint of another schedule")
+        raise raised("stop")
+
+    engine = Engine(step)
+    quiet_handled_errors(engine)
+    quiet_handled_errors(engine)  # attached by two handlers: one filter
+    assert len(engine.logger.filters) == 1
+    with caplog.at_level(logging.ERROR), pytest.raises(BaseException):
+        engine.run([0, 1], max_epochs=1)
+    assert any("terminating due to exception" in r.getMessage() for r in caplog.records) == logged

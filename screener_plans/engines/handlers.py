@@ -36,6 +36,27 @@ def _fmt_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+class _HandledErrorFilter(logging.Filter):
+    """Drops Ignite's "... run is terminating due to exception" lines for a Ctrl-C or a Screener error:
+    the former is a clean stop and the latter is reported in one line by the caller."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import sys
+
+        from screener_plans.bundle_runner import find_screener_error
+
+        if "run is terminating due to exception" not in str(record.msg):
+            return True
+        exc = sys.exc_info()[1]  # the filter runs inside Ignite's except block
+        return not (isinstance(exc, KeyboardInterrupt) or (exc is not None and find_screener_error(exc)))
+
+
+def quiet_handled_errors(engine) -> None:
+    """Install ``_HandledErrorFilter`` on the engine's logger (once)."""
+    if not any(isinstance(f, _HandledErrorFilter) for f in engine.logger.filters):
+        engine.logger.addFilter(_HandledErrorFilter())
+
+
 class ProgressLogger:
     """Logs training progress every ``every`` steps (console, JSONL, TensorBoard)."""
 
@@ -156,6 +177,7 @@ class CheckpointHandler:
         self._pid = None  # the process that set the handler (forked workers inherit it)
 
     def attach(self, engine) -> None:
+        quiet_handled_errors(engine)
         engine.add_event_handler(Events.STARTED, self._watch_interrupts, engine)
         # a step starts once its batch is in hand: ignite counts the iteration right after
         engine.add_event_handler(Events.GET_BATCH_COMPLETED, self._step_started)
@@ -229,6 +251,7 @@ class ResumeHandler:
         self.resumed_from: Path | None = None
 
     def attach(self, engine) -> None:
+        quiet_handled_errors(engine)
         engine.add_event_handler(Events.STARTED, self.load)
 
     def load(self, engine) -> None:
