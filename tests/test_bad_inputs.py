@@ -155,10 +155,18 @@ def test_evaluate_refuses_bad_prediction(env, kind, tmp_path, capsys):
 
 def test_evaluate_refuses_a_ct_given_as_labels(env, tmp_path, capsys):
     good = env["corpus"]["good"]
-    code, err = _run(["evaluate", good.folder, good.folder], capsys)  # the CT as both maps and labels
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    ct = nib.load(str(good.path))
+    nib.save(nib.Nifti1Image(np.zeros(ct.shape, np.float32), ct.affine), str(maps / good.path.name))
+    code, err = _run(["evaluate", str(maps), good.folder], capsys)
     assert code == 2
     line = _one_error_line(err)
     assert "not a label mask" in line and str(good.path) in line, line
+    code, err = _run(["evaluate", good.folder, good.folder], capsys)  # the CT as both maps and labels
+    assert code == 2
+    line = _one_error_line(err)
+    assert "looks like a CT scan, not an anomaly map" in line and str(good.path) in line, line
 
 
 def test_mixed_folder_good_cases_go_through_with_skip_bad(env, tmp_path, capsys):
