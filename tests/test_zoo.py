@@ -338,3 +338,34 @@ def test_onnx_export_matches_eager(env, tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"patch": patch.numpy()})[0]
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_torchscript_of_retrained_weights_is_refused_and_same_weights_are_one_model(env, tmp_path, capsys):
+    """The same weights, eager or traced or published, are one model to `predict`'s re-runs; a
+    TorchScript export made before a stage was retrained is refused, not used."""
+    from screener_plans.inference.predict import model_fingerprint
+    from screener_plans.planning.plans import load_plans
+
+    run = tmp_path / "run"
+    shutil.copytree(env["masked"], run)
+    export_torchscript(run)
+    plans = load_plans(run / "plans.json")
+    publish(run, tmp_path / "zoo", "same", "1.0.0")
+    bundle = fetch("same", tmp_path / "fetched", tmp_path / "zoo")
+    ids = {model_fingerprint(s, 1.5) for s in (load_run_scorer(run, plans), load_run_scorer(run, plans, True),
+                                               load_run_scorer(bundle, plans))}
+    assert len(ids) == 1
+    out = tmp_path / "out"
+    assert main(["predict", str(run), str(env["scan"]), str(out), "--device", "cpu"]) == 0
+    assert main(["predict", str(run), str(env["scan"]), str(out), "--device", "cpu", "--torchscript", "true"]) == 0
+    capsys.readouterr()
+
+    density = run / "density" / "models" / "model.pt"  # the density retrained (other weights)
+    state = torch.load(density, weights_only=True)
+    torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, density)
+    with pytest.raises(ScreenerError, match="exported from other weights"):
+        load_run_scorer(run, plans, True)
+    assert main(["predict", str(run), str(env["scan"]), str(tmp_path / "o2"), "--device", "cpu",
+                 "--torchscript", "true"]) == 2
+    err = capsys.readouterr().err
+    assert "exported from other weights" in err and f"screener zoo export {run}" in err

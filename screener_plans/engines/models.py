@@ -39,6 +39,14 @@ def upstream_digests(run_dir, cfg: dict) -> dict:
     return {stage: file_digest(model_path(run_dir, stage)) for stage in stages}
 
 
+def run_weights_id(run_dir, cfg: dict) -> str:
+    """One short hash of every weights file a run's scorer loads (descriptor, condition, density)."""
+    import hashlib
+
+    digests = {**upstream_digests(run_dir, cfg), "density": file_digest(model_path(run_dir, "density"))}
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def check_upstream(run_dir, cfg: dict) -> None:
     """A density trained on other descriptor/condition models than the run's present ones scores
     wrong features: refuse, saying how to retrain it."""
@@ -257,4 +265,6 @@ def load_scorer(run_dir, plans: dict) -> Scorer:
     features = build_features(run_dir, plans, cfg)
     path = model_path(run_dir, "density")
     density = load_into(build_density_model(cfg), load_state(path, "density"), path, "density")
-    return freeze(Scorer(features, density))
+    scorer = freeze(Scorer(features, density))
+    scorer.weights_id = run_weights_id(run_dir, cfg)
+    return scorer

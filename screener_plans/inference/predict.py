@@ -288,6 +288,10 @@ def model_fingerprint(scorer: torch.nn.Module, threshold: float | None) -> str:
     import hashlib
 
     h = hashlib.sha1(repr(None if threshold is None else float(threshold)).encode())
+    weights_id = getattr(scorer, "weights_id", None)
+    if weights_id:  # the same weights eager, in a bundle or traced: one model
+        h.update(weights_id.encode())
+        return h.hexdigest()[:16]
     for key, value in sorted(scorer.state_dict().items()):
         h.update(key.encode())
         if isinstance(value, torch.Tensor):

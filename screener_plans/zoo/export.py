@@ -107,10 +107,13 @@ class TorchScriptScorer(nn.Module):
             return self.module(x).float()
 
 
-def load_torchscript_scorer(path, plans: dict | None = None) -> TorchScriptScorer:
+def load_torchscript_scorer(path, plans: dict | None = None, expected_weights_id: str | None = None,
+                            source=None) -> TorchScriptScorer:
     """Load ``models/model.ts`` (from ``export_torchscript``) as a scorer for ``Predictor``.
 
-    With ``plans``, refuse an export made for other preprocessing (spacing or HU window).
+    With ``plans``, refuse an export made for other preprocessing (spacing or HU window); with
+    ``expected_weights_id`` (the weights ``source``, a run or bundle, holds now), refuse an export
+    of other weights, e.g. one made before a stage was retrained.
     """
     from monai.data import load_net_with_metadata
 
@@ -140,8 +143,15 @@ def load_torchscript_scorer(path, plans: dict | None = None) -> TorchScriptScore
             if key in info and [float(v) for v in info[key]] != [float(v) for v in want]:
                 raise ScreenerError(f"{path}: TorchScript model was exported for {key} {info[key]}, but plans.json "
                                     f"has {want}; export it from this run (`screener zoo export`)")
+    exported_id = info.get("weights_id")
+    if expected_weights_id and exported_id and exported_id != expected_weights_id:
+        raise ScreenerError(f"{path}: TorchScript model was exported from other weights than {source or 'the run'} "
+                            f"holds now (a stage was retrained since); export it again (`screener zoo export "
+                            f"{source or 'RUN'}`)")
     module.eval()
-    return TorchScriptScorer(module, coordinates=channels == 4)
+    scorer = TorchScriptScorer(module, coordinates=channels == 4)
+    scorer.weights_id = exported_id
+    return scorer
 
 
 def _export_source(path):

@@ -67,7 +67,27 @@ def load_bundle_scorer(bundle_dir, plans: dict):
     bundle_dir = Path(bundle_dir)
     cfg = read_scorer_config(bundle_dir)
     path = bundle_dir / BUNDLE_WEIGHTS
-    return freeze(load_into(build_scorer(plans, cfg), load_state(path, "scorer"), path, "scorer"))
+    scorer = freeze(load_into(build_scorer(plans, cfg), load_state(path, "scorer"), path, "scorer"))
+    scorer.weights_id = bundle_weights_id(bundle_dir)
+    return scorer
+
+
+def bundle_weights_id(bundle_dir) -> str | None:
+    """The ``weights_id`` a published bundle's metadata records (None for bundles made before it)."""
+    try:
+        meta = json.loads((Path(bundle_dir) / BUNDLE_METADATA).read_text())
+        return meta.get("screener", {}).get("weights_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def present_weights_id(root) -> str | None:
+    """The weights id of what ``root`` (a run or a published bundle) holds now."""
+    if is_bundle(root):
+        return bundle_weights_id(root)
+    from screener_plans.engines.models import run_weights_id
+
+    return run_weights_id(root, read_scorer_config(root))
 
 
 def torchscript_path(run_dir, torchscript) -> Path | None:
@@ -85,7 +105,7 @@ def load_run_scorer(run_dir, plans: dict, torchscript=None):
     if ts is not None:
         from screener_plans.zoo.export import load_torchscript_scorer
 
-        return load_torchscript_scorer(ts, plans)
+        return load_torchscript_scorer(ts, plans, expected_weights_id=present_weights_id(run_dir), source=run_dir)
     if is_bundle(run_dir):
         return load_bundle_scorer(run_dir, plans)
     from screener_plans.engines.models import load_scorer

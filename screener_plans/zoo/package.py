@@ -113,7 +113,8 @@ def scorer_data_format(plans: dict, cfg: dict) -> dict:
     }
 
 
-def bundle_metadata(plans: dict, cfg: dict, name: str, version: str, changelog: dict) -> dict:
+def bundle_metadata(plans: dict, cfg: dict, name: str, version: str, changelog: dict,
+                    weights_id: str | None = None) -> dict:
     """metadata.json of a published model: the inference bundle's, specialised to this scorer."""
     import monai
     import numpy
@@ -149,6 +150,10 @@ def bundle_metadata(plans: dict, cfg: dict, name: str, version: str, changelog: 
             "intensity_window": plans["intensity"]["window"],
             "plans_schema_version": plans["schema_version"],
             "stage_bundles": stage_versions(),
+            # the run's weights files this scorer was packaged from: exports carry it, so a
+            # TorchScript file made before a stage was retrained is refused, and maps of the same
+            # weights (eager, bundle or TorchScript) count as one model's
+            **({"weights_id": weights_id} if weights_id else {}),
         },
     })
     meta["required_packages_version"] = {**meta.get("required_packages_version", {}),
@@ -215,7 +220,7 @@ def build_bundle(run_dir, bundle_dir, name: str, version: str, changelog: dict, 
         except ValueError:
             raise ScreenerError(f"{calibration_path(run_dir)}: not valid JSON; re-run `screener calibrate`") from None
         write_json(out / "calibration.json", public_calibration(calibration))
-    meta = bundle_metadata(plans, cfg, name, version, changelog)
+    meta = bundle_metadata(plans, cfg, name, version, changelog, getattr(scorer, "weights_id", None))
     write_json(out / BUNDLE_METADATA, meta)
     write_text(out / "configs" / "inference.yaml",
                INFERENCE_HEADER + yaml.safe_dump(inference_config(), sort_keys=False, width=200))
