@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -198,3 +199,19 @@ def test_mixed_folder_good_cases_go_through_with_skip_bad(env, tmp_path, capsys)
     assert code == 2 and f"{mixed}/wrong_extension.img: unsupported format" in line, line
     code, err = _run(["predict", env["run"], mixed, tmp_path / "out2", "--overwrite", "maybe"], capsys)
     assert code == 2 and "--overwrite must be true or false, got 'maybe'" in _one_error_line(err)
+
+
+@pytest.mark.parametrize("key, value", [("spacing", [3.0, 3.0, 3.0]), ("window", [-500.0, 500.0])])
+def test_predict_refuses_plans_edited_after_training(env, tmp_path, capsys, key, value):
+    run = _run_copy(env, tmp_path)
+    plans = json.loads((run / "plans.json").read_text())
+    if key == "spacing":
+        plans["spacing"] = value
+    else:
+        plans["intensity"]["window"] = value
+    (run / "plans.json").write_text(json.dumps(plans))
+    code, err = _run(["predict", run, env["corpus"]["good"].folder, tmp_path / "out", "--device", "cpu"], capsys)
+    assert code == 2
+    line = _one_error_line(err)
+    assert f"trained with {key}" in line and f"now has {value}" in line, line
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

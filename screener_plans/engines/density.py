@@ -23,6 +23,7 @@ def build_density_scorer(run_dir, plans: dict, condition=None, density=None, fea
     so a resumed run does not read every training case again."""
     from screener_plans.baselines import IntensityBaseline
     from screener_plans.engines.handlers import latest_checkpoint
+    from screener_plans.engines.models import preprocessing_of
 
     cfg = density_config(plans, condition, density, features, intensity_prior)
     model = build_density_model(cfg)
@@ -30,7 +31,7 @@ def build_density_scorer(run_dir, plans: dict, condition=None, density=None, fea
         model.set_table(IntensityBaseline.fit(run_dir, plans).neg_log_prob)
     scorer = channels_last(Scorer(build_features(run_dir, plans, cfg), model))
     # recorded with the model, so that retraining an upstream stage is noticed when it is loaded
-    scorer.config = {**cfg, "trained_on": upstream_digests(run_dir, cfg)}
+    scorer.config = {**cfg, "trained_on": upstream_digests(run_dir, cfg), "preprocessing": preprocessing_of(plans)}
     return scorer
 
 

@@ -47,6 +47,23 @@ def run_weights_id(run_dir, cfg: dict) -> str:
     return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def preprocessing_of(plans: dict) -> dict:
+    """The plans values the networks' inputs depend on (grid spacing and HU window)."""
+    return {"spacing": [float(v) for v in plans["spacing"]],
+            "window": [float(v) for v in plans["intensity"]["window"]]}
+
+
+def check_preprocessing(cfg: dict, plans: dict, where) -> None:
+    """Models trained on one grid and HU window score another one wrong: refuse a plans.json
+    edited after training (configs written before this was recorded are not checked)."""
+    trained = cfg.get("preprocessing")
+    now = preprocessing_of(plans)
+    for key in ("spacing", "window"):
+        if trained and key in trained and [float(v) for v in trained[key]] != now[key]:
+            raise ScreenerError(f"{where}: the models were trained with {key} {trained[key]}, but plans.json now has "
+                                f"{now[key]}; put plans.json back, or plan and train a new run for the new {key}")
+
+
 def check_upstream(run_dir, cfg: dict) -> None:
     """A density trained on other descriptor/condition models than the run's present ones scores
     wrong features: refuse, saying how to retrain it."""
@@ -261,6 +278,7 @@ def load_scorer(run_dir, plans: dict) -> Scorer:
         raise ScreenerError(f"{cfg_path}: density model not found; train it first "
                             f"(`screener train {run_dir} --stage density`)")
     cfg = json.loads(cfg_path.read_text())
+    check_preprocessing(cfg, plans, cfg_path)
     check_upstream(run_dir, cfg)
     features = build_features(run_dir, plans, cfg)
     path = model_path(run_dir, "density")

@@ -18,6 +18,7 @@ def write_untrained_run(run_dir, plans: dict, condition: str | None = None, dens
         build_density_model,
         density_config,
         model_path,
+        preprocessing_of,
         save_density_config,
         with_density_choices,
     )
@@ -38,6 +39,6 @@ def write_untrained_run(run_dir, plans: dict, condition: str | None = None, dens
                         torch.randn(2, cfg["cond_dim"], 4, 4, 4) if cfg["cond_dim"] else None)
     model_path(run, "density").parent.mkdir(parents=True, exist_ok=True)
     torch.save(dens.state_dict(), model_path(run, "density"))
-    save_density_config(run, cfg)
+    save_density_config(run, {**cfg, "preprocessing": preprocessing_of(plans)})
     write_json(run / "calibration.json", {"threshold": threshold, "quantile": 0.999, "cases": []})
     return run

@@ -64,8 +64,11 @@ def load_bundle_scorer(bundle_dir, plans: dict):
     """The scorer of a published bundle (``models/model.pt``), frozen, on CPU."""
     from screener_plans.engines.models import freeze, load_into, load_state
 
+    from screener_plans.engines.models import check_preprocessing
+
     bundle_dir = Path(bundle_dir)
     cfg = read_scorer_config(bundle_dir)
+    check_preprocessing(cfg, plans, scorer_config_path(bundle_dir))
     path = bundle_dir / BUNDLE_WEIGHTS
     scorer = freeze(load_into(build_scorer(plans, cfg), load_state(path, "scorer"), path, "scorer"))
     scorer.weights_id = bundle_weights_id(bundle_dir)
