@@ -127,6 +127,27 @@ def test_non_ct_dicom_modality_is_refused(tmp_path):
         read_case(find_cases(tmp_path)[0])
 
 
+@pytest.mark.parametrize("fault", ["missing", "duplicate"])
+def test_dicom_series_with_a_missing_or_repeated_slice_is_refused(tmp_path, fault):
+    """MONAI's reader would spread the slices over the gap (or stack the copy) without a word,
+    shifting every position after it."""
+    pytest.importorskip("pydicom")
+    folder = write_dicom_series(tmp_path / "p", simple_ct((16, 16, 10)), spacing=(1.0, 1.0, 2.0))
+    files = sorted(folder.iterdir())
+    if fault == "missing":
+        files[4].unlink()
+    else:
+        import pydicom
+
+        ds = pydicom.dcmread(files[4])
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.999"
+        ds.save_as(folder / "copy.dcm")
+    match = "uneven slice spacing: 4.00 mm" if fault == "missing" else "two slices at the same position"
+    with pytest.raises(BadCaseError, match=match) as info:
+        read_case(find_cases(tmp_path)[0])
+    assert str(folder) in str(info.value)
+
+
 def test_bad_files(tmp_path):
     (tmp_path / "empty.nii.gz").write_bytes(b"")
     write_nifti(tmp_path / "good.nii.gz", simple_ct((16, 16, 10)), ras_affine())

@@ -199,6 +199,7 @@ def _select_dicom_series(case: CaseSource) -> tuple[list[str], str]:
 
     series: dict[str, list[str]] = {}
     modality: dict[str, str] = {}
+    geometry: dict[str, tuple] = {}
     for f in case.files:
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
@@ -207,6 +208,7 @@ def _select_dicom_series(case: CaseSource) -> tuple[list[str], str]:
         uid = str(getattr(ds, "SeriesInstanceUID", "unknown"))
         series.setdefault(uid, []).append(f)
         modality[uid] = str(getattr(ds, "Modality", "")).upper()
+        geometry[f] = (getattr(ds, "ImagePositionPatient", None), getattr(ds, "ImageOrientationPatient", None))
     ct = {uid: fs for uid, fs in series.items() if modality[uid] in ("CT", "")}
     if not ct:
         found = ", ".join(sorted(set(modality.values())))
@@ -217,7 +219,30 @@ def _select_dicom_series(case: CaseSource) -> tuple[list[str], str]:
         note = (f"folder holds {len(series)} series; using the largest CT series {uid} "
                 f"({len(ct[uid])} slices)")
         logger.warning("%s: %s", case.path, note)
+    check_slice_positions(case.path, {f: geometry[f] for f in ct[uid]})
     return sorted(ct[uid]), note
+
+
+def check_slice_positions(folder: str, geometry: dict) -> None:
+    """Refuse a series with a missing or repeated slice: the reader would spread the slices
+    evenly over the gap (or stack the copy), shifting every position after it."""
+    try:
+        normal = np.cross(*np.asarray([float(v) for v in next(iter(geometry.values()))[1]]).reshape(2, 3))
+        where = sorted((float(np.dot(normal, [float(v) for v in ipp])), f) for f, (ipp, _) in geometry.items())
+    except (TypeError, ValueError, StopIteration):
+        return  # no position tags: nothing to check against
+    if len(where) < 3:
+        return
+    gaps = np.diff([z for z, _ in where])
+    step = float(np.median(gaps))
+    for i, gap in enumerate(gaps):
+        a, b = os.path.basename(where[i][1]), os.path.basename(where[i + 1][1])
+        if gap < max(1e-3, 0.01 * step):
+            raise BadCaseError(folder, f"two slices at the same position ({a} and {b}, {where[i][0]:.2f} mm along "
+                                       "the slice normal): a slice copied twice, or two series with one UID")
+        if step > 0 and abs(gap - step) > 0.2 * step:
+            raise BadCaseError(folder, f"uneven slice spacing: {gap:.2f} mm between {a} and {b}, {step:.2f} mm "
+                                       "elsewhere (a missing slice?)")
 
 
 def diagnose_unreadable(path: str) -> str | None:
