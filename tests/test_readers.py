@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,32 @@ def test_bad_files(tmp_path):
         read_case(by_name["trunc"])
     with pytest.raises(BadCaseError, match="fake.nii"):
         read_case(by_name["fake"])
+
+
+def test_misnamed_and_incomplete_files_say_what_is_wrong(tmp_path):
+    import gzip
+    import os
+
+    write_nifti(tmp_path / "src.nii", simple_ct((16, 16, 10)), ras_affine())
+    raw = (tmp_path / "src.nii").read_bytes()
+    (tmp_path / "src.nii").unlink()
+    (tmp_path / "plain.nii.gz").write_bytes(raw)  # an uncompressed NIfTI named .gz
+    (tmp_path / "packed.nii").write_bytes(gzip.compress(raw))  # a compressed one named .nii
+    (tmp_path / "meta.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 16 16 10\n"
+                                       "ElementType = MET_SHORT\nElementDataFile = meta.raw\n")
+    os.symlink("loop_b", tmp_path / "loop_a")
+    os.symlink("loop_a", tmp_path / "loop_b")
+    cases, bad = find_cases(tmp_path, with_bad=True)  # the loop is no traceback
+    assert sorted(Path(b.path).name for b in bad) == ["loop_a", "loop_b"]
+    assert all("broken link" in b.reason for b in bad)
+    by_name = {c.name: c for c in cases}
+    expect = {"plain": "not gzip-compressed although named .nii.gz", "packed": "gzip-compressed although named .nii",
+              "meta": "meta.raw named by its header (ElementDataFile) is missing"}
+    for name, message in expect.items():
+        if name == "meta":
+            pytest.importorskip("itk")
+        with pytest.raises(BadCaseError, match=re.escape(message)):
+            read_case(by_name[name])
 
 
 def test_missing_folder_or_file_is_named_as_such():

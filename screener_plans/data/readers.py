@@ -91,16 +91,26 @@ def _suffix(path: str) -> str:
     return Path(low).suffix
 
 
-def _mhd_data_files(path: str) -> list[str]:
+def _mhd_named_data_file(path: str) -> Path | None:
+    """The separate data file a MetaImage header names (None: data inside, or a file list/pattern)."""
     try:
         text = Path(path).read_text(errors="replace")
     except OSError:
-        return []
+        return None
     m = re.search(r"ElementDataFile\s*=\s*(\S+)", text)
-    if not m or m.group(1).upper() == "LOCAL":
-        return []
-    data = Path(path).parent / m.group(1)
-    return [str(data)] if data.exists() else []
+    if not m or m.group(1).upper() in ("LOCAL", "LIST") or "%" in m.group(1):
+        return None
+    return Path(path).parent / m.group(1)
+
+
+def _mhd_data_files(path: str) -> list[str]:
+    data = _mhd_named_data_file(path)
+    return [str(data)] if data is not None and data.exists() else []
+
+
+def _mhd_missing_data_file(path: str) -> str | None:
+    data = _mhd_named_data_file(path)
+    return str(data) if data is not None and not data.exists() else None
 
 
 def _is_dicom_file(path: str) -> bool:
@@ -112,10 +122,18 @@ def _is_dicom_file(path: str) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def _is(entry: os.DirEntry, kind: str) -> bool:
+    """``entry.is_file()`` / ``is_dir()``, False for a link that loops or cannot be followed."""
+    try:
+        return entry.is_file() if kind == "file" else entry.is_dir()
+    except OSError:
+        return False
+
+
 def _dicom_files(folder: str) -> list[str]:
     out = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.is_file() and not entry.name.startswith(".") and (
+        if _is(entry, "file") and not entry.name.startswith(".") and (
             entry.name.lower().endswith(".dcm") or _is_dicom_file(entry.path)
         ):
             out.append(entry.path)
@@ -124,7 +142,7 @@ def _dicom_files(folder: str) -> list[str]:
 
 def _holds_images(folder: str) -> bool:
     try:
-        return any(_suffix(e.name) in READERS and e.is_file() for e in os.scandir(folder))
+        return any(_suffix(e.name) in READERS and _is(e, "file") for e in os.scandir(folder))
     except OSError:
         return False
 
@@ -134,7 +152,7 @@ def _image_folder_in(folder: str) -> str | None:
     if _holds_images(folder):
         return folder
     try:
-        subs = sorted(e.path for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+        subs = sorted(e.path for e in os.scandir(folder) if _is(e, "dir") and not e.name.startswith("."))
     except OSError:
         return None
     return next((d for d in subs if _holds_images(d)), None)
@@ -166,7 +184,10 @@ def find_cases(data_dir: str | Path, with_bad: bool = False):
     for entry in sorted(os.scandir(data_dir), key=lambda e: e.name):
         if entry.name.startswith("."):
             continue
-        if entry.is_dir():
+        if entry.is_symlink() and not os.path.exists(entry.path):
+            bad.append(BadCaseError(entry.path, f"broken link to {os.readlink(entry.path)} (missing target or a loop)"))
+            continue
+        if _is(entry, "dir"):
             files = _dicom_files(entry.path)
             if files:
                 cases.append(CaseSource(entry.name, entry.path, "dicom", "PydicomReader", tuple(files)))
@@ -250,7 +271,22 @@ def diagnose_unreadable(path: str) -> str | None:
     import gzip
     import zlib
 
-    if path.lower().endswith(".gz"):
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b""
+    gzipped, nifti = head[:2] == b"\x1f\x8b", is_nifti_header(head)
+    low = path.lower()
+    if low.endswith(".nii.gz") and nifti:
+        return "not gzip-compressed although named .nii.gz (an uncompressed NIfTI: rename it to .nii)"
+    if low.endswith(".nii") and gzipped:
+        return "gzip-compressed although named .nii (rename it to .nii.gz)"
+    if _suffix(path) == ".mhd":
+        missing = _mhd_missing_data_file(path)
+        if missing:
+            return f"the data file {missing} named by its header (ElementDataFile) is missing"
+    if low.endswith(".gz"):
         try:
             with gzip.open(path, "rb") as f:
                 while f.read(1 << 24):
@@ -274,9 +310,15 @@ def diagnose_unreadable(path: str) -> str | None:
     return None
 
 
+def is_nifti_header(head: bytes) -> bool:
+    """True when 4 bytes start a NIfTI-1 or NIfTI-2 header (``sizeof_hdr`` 348 or 540)."""
+    return len(head) >= 4 and (int.from_bytes(head[:4], "little") in (348, 540)
+                               or int.from_bytes(head[:4], "big") in (348, 540))
+
+
 def is_nifti2(head: bytes) -> bool:
     """True when a NIfTI file's first 4 bytes (``sizeof_hdr``) say NIfTI-2 (540, either endianness)."""
-    return int.from_bytes(head[:4], "little") in (540, 540 << 24)
+    return 540 in (int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big"))
 
 
 def _raw_nifti_pixdim(path: str) -> list[float] | None:
