@@ -194,6 +194,16 @@ def test_misnamed_and_incomplete_files_say_what_is_wrong(tmp_path):
             read_case(by_name[name])
 
 
+def test_prediction_folder_inside_the_data_folder_is_passed_over(tmp_path):
+    """`screener predict DATA RUN DATA/out`: a re-run (or `plan DATA`) does not take DATA/out for a case."""
+    write_nifti(tmp_path / "a.nii.gz", simple_ct((16, 16, 10)), ras_affine())
+    (tmp_path / "out").mkdir()
+    write_nifti(tmp_path / "out" / "a.nii.gz", np.zeros((16, 16, 10), np.float32), ras_affine())
+    (tmp_path / "out" / "a_regions.json").write_text("{}")
+    cases, bad = find_cases(tmp_path, with_bad=True)
+    assert [c.name for c in cases] == ["a"] and bad == []
+
+
 def test_missing_folder_or_file_is_named_as_such():
     with pytest.raises(ScreenerError, match="folder does not exist"):
         find_cases("/nonexistent/folder")

@@ -147,6 +147,14 @@ def _holds_images(folder: str) -> bool:
         return False
 
 
+def _holds_predictions(folder: str) -> bool:
+    """True for a folder `screener predict` wrote (anomaly maps beside their ``_regions.json``)."""
+    try:
+        return any(e.name.endswith("_regions.json") for e in os.scandir(folder))
+    except OSError:
+        return False
+
+
 def _image_folder_in(folder: str) -> str | None:
     """``folder`` or a direct subfolder (e.g. ``test/images``) that holds image files, if any."""
     if _holds_images(folder):
@@ -188,6 +196,8 @@ def find_cases(data_dir: str | Path, with_bad: bool = False):
             bad.append(BadCaseError(entry.path, f"broken link to {os.readlink(entry.path)} (missing target or a loop)"))
             continue
         if _is(entry, "dir"):
+            if _holds_predictions(entry.path):
+                continue  # `screener predict`'s output folder, placed inside its input folder
             files = _dicom_files(entry.path)
             if files:
                 cases.append(CaseSource(entry.name, entry.path, "dicom", "PydicomReader", tuple(files)))
