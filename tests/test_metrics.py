@@ -230,11 +230,14 @@ def _make_folders(tmp_path, rng):
     return folders, data
 
 
-def test_evaluate_nifti_folders(tmp_path):
+def test_evaluate_nifti_folders(tmp_path, caplog):
     rng = np.random.default_rng(9)
     folders, data = _make_folders(tmp_path, rng)
-    result = evaluate(folders["pred"], folders["labels"], folders["masks"])
+    with caplog.at_level("WARNING"):
+        result = evaluate(folders["pred"], folders["labels"], folders["masks"])
     json.dumps(result)  # JSON-ready: no NaN, no numpy scalars
+    assert result["unlabelled_predictions"] == ["unlabelled"]  # said, not silently left out
+    assert "1 of 4 predictions" in caplog.text and "unlabelled" in caplog.text
     assert result["n_cases"] == 3 and set(result["cases"]) == {"a", "b", "c"}
     assert result["n_regions"] == result["n_lesions"] == 10
     scores = np.concatenate([s[m > 0] for s, _, m in data.values()])
@@ -257,6 +260,8 @@ def test_evaluate_errors(tmp_path):
     folders, _ = _make_folders(tmp_path, rng)
     with pytest.raises(ScreenerError, match="does not exist"):
         evaluate(tmp_path / "nope", folders["labels"])
+    with pytest.raises(ScreenerError, match="a.nii.gz: is a file; give the folder of label files"):
+        evaluate(folders["pred"], folders["labels"] / "a.nii.gz")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ScreenerError, match="no label files"):

@@ -20,6 +20,8 @@ _SUFFIXES = (".nii.gz", ".nii")
 
 def _nifti_cases(folder: Path, what: str) -> dict[str, Path]:
     """``{case: path}`` for every ``<case>.nii.gz`` / ``<case>.nii`` directly inside ``folder``."""
+    if folder.is_file():
+        raise ScreenerError(f"{folder}: is a file; give the folder of {what} files (<case>.nii.gz)")
     if not folder.is_dir():
         raise ScreenerError(f"{folder}: {what} folder does not exist")
     cases: dict[str, Path] = {}
@@ -119,10 +121,11 @@ def evaluate(pred_dir, labels_dir, mask_dir=None, bins: int = DEFAULT_BINS) -> d
 
     Pairs ``pred_dir/<case>.nii[.gz]`` with every ``labels_dir/<case>.nii[.gz]`` (label > 0 is
     anomalous) and, if given, ``mask_dir/<case>.nii[.gz]`` (only voxels with mask > 0 count).
-    Other files in ``pred_dir`` are ignored. Two passes over the predictions: the first finds
-    the pooled score range and bulk for the bins, the second fills one accumulator per case,
-    each merged into the pooled one. Returns ``{"metrics": pooled, "cases": {case: metrics,
-    n_regions, n_lesions, n_voxels, n_positive[, note]}, "n_cases", "n_voxels", "n_positive",
+    Other files in ``pred_dir`` are not evaluated (maps without a label are named in a
+    warning). Two passes over the predictions: the first finds the pooled score range and bulk
+    for the bins, the second fills one accumulator per case, each merged into the pooled one. Returns ``{"metrics": pooled, "cases": {case: metrics,
+    n_regions, n_lesions, n_voxels, n_positive[, note]}, "n_cases", "unlabelled_predictions"
+    (predictions without a label: not evaluated), "n_voxels", "n_positive",
     "n_regions", "n_lesions", "binning": {"bins", "error_bound"}}``; undefined per-case metrics are None.
     """
     pred_dir, labels_dir = Path(pred_dir), Path(labels_dir)
@@ -136,6 +139,11 @@ def evaluate(pred_dir, labels_dir, mask_dir=None, bins: int = DEFAULT_BINS) -> d
         if masks is not None and case not in masks:
             raise ScreenerError(f"{label}: no evaluation mask {Path(mask_dir) / (case + '.nii.gz')}")
         cases.append((case, preds[case], label, None if masks is None else masks[case]))
+    unlabelled = sorted(set(preds) - set(labels))
+    if unlabelled:  # a label missing for a prediction is easy to miss in the pooled numbers
+        logger.warning("%d of %d predictions in %s have no label in %s and are not evaluated: %s%s", len(unlabelled),
+                       len(preds), pred_dir, labels_dir, ", ".join(unlabelled[:5]),
+                       ", ..." if len(unlabelled) > 5 else "")
 
     score_range = ScoreRange()
     for case, pred, label, mask in cases:
@@ -172,6 +180,7 @@ def evaluate(pred_dir, labels_dir, mask_dir=None, bins: int = DEFAULT_BINS) -> d
         "metrics": {key: result[key] for key in ("auroc", "auroc_fpr03", "aupro_fpr03")},
         "cases": per_case,
         "n_cases": len(per_case),
+        "unlabelled_predictions": unlabelled,
         "n_voxels": result["n_voxels"],
         "n_positive": result["n_positive"],
         "n_regions": result["n_regions"],
