@@ -240,9 +240,15 @@ def test_yes_no_option_refuses_anything_else():
         as_bool("maybe", "skip-bad")
 
 
-def test_max_steps_zero_is_refused():
-    from screener_plans.engines.bundle import total_steps
+def test_bundle_step_and_worker_counts_are_checked():
+    from screener_plans.engines.bundle import loader_workers, total_steps
 
-    with pytest.raises(ScreenerError, match="--max_steps must be a positive integer, got 0"):
-        total_steps({"steps": {"condition": 800}}, "condition", 0)
-    assert total_steps({"steps": {"condition": 800}}, "condition", None) == 800
+    plans = {"steps": {"condition": 800}}
+    with pytest.raises(ScreenerError, match=r"--max_steps must be an integer >= 1, got 0"):
+        total_steps(plans, "condition", 0)
+    with pytest.raises(ScreenerError, match=r"--max_steps must be an integer, got '2.5'"):
+        total_steps(plans, "condition", "2.5")  # was cut to 2 steps
+    assert total_steps(plans, "condition", None) == 800 and total_steps(plans, "condition", "30") == 30
+    with pytest.raises(ScreenerError, match=r"--num_workers must be an integer, got 'abc'"):
+        loader_workers(torch.device("cpu"), "abc")  # was a traceback
+    assert loader_workers(torch.device("cpu"), 0) == 0

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from screener_plans.errors import ScreenerError
+from screener_plans.options import as_number
 
 
 def load_stage_plans(plans_file) -> dict:
@@ -33,20 +34,14 @@ def output_dir(output_dir, plans_file, stage: str) -> str:
 def total_steps(plans: dict, stage: str, max_steps=None) -> int:
     """``--max_steps`` when given, else the plans' steps for ``stage``."""
     if max_steps not in (None, ""):
-        try:
-            n = int(max_steps)
-        except (TypeError, ValueError):
-            raise ScreenerError(f"--max_steps must be a positive integer, got {max_steps!r}") from None
-        if n <= 0:
-            raise ScreenerError(f"--max_steps must be a positive integer, got {max_steps!r}")
-        return n
+        return as_number(max_steps, "max_steps", minimum=1)
     return int(plans["steps"][stage])
 
 
 def loader_workers(device: torch.device, requested=None) -> int:
     """Data-loader worker processes: as asked, else leave the CPU to compute on CPU-only machines."""
     if requested not in (None, ""):
-        return max(0, int(requested))
+        return as_number(requested, "num_workers", minimum=0)
     from screener_plans.parallel import usable_cpus
 
     cpus = usable_cpus()
