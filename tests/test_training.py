@@ -204,6 +204,12 @@ def test_density_scores_planted_anomaly_above_normal_tissue(tiny_run, tmp_path, 
     assert regions["case"] == "planted" and regions["threshold"] > 0
     assert all(r["max_score"] >= regions["threshold"] for r in regions["regions"])
     assert (tmp_path / "out" / "planted.png").stat().st_size > 1000
+    from screener_plans.zoo import fetch, publish
+
+    publish(run, tmp_path / "zoo", "planted", "1.0.0")  # its card states the training it had
+    card = (fetch("planted", tmp_path / "fetched", tmp_path / "zoo") / "docs" / "README.md").read_text()
+    trained = ("descriptor 60, " if features == "descriptor" else "") + "condition 60, density 40"
+    assert f"steps trained: {trained}" in card
     _assert_stale_models_are_refused(tiny_run, run)
 
 

@@ -5,7 +5,7 @@
 - ``CheckpointHandler``: atomic checkpoints every N steps, at the end and on Ctrl-C, keeping the
   last few.
 - ``ResumeHandler``: continues from the newest checkpoint with the same schedule and data order.
-- ``ModelExporter``: writes the final ``models/model.pt`` atomically.
+- ``ModelExporter``: writes the final ``models/model.pt`` atomically, and ``models/training.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from screener_plans.options import as_bool
 
 logger = logging.getLogger("screener.train")
 CKPT_RE = re.compile(r"checkpoint_(\d+)\.pt$")
+TRAINING_RECORD = "training.json"  # beside models/model.pt: the steps it was trained
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -332,10 +333,12 @@ class ModelExporter:
     def export(self, engine) -> None:
         if not is_main_process():
             return
+        from screener_plans.io_utils import write_json
+
         with atomic_path(self.path, suffix=".pt") as tmp:
             torch.save(unwrap(self.model).state_dict(), tmp)
         if self.config is not None:
-            from screener_plans.io_utils import write_json
-
             write_json(self.path.parent / self.config_name, self.config)
+        # what a published model's card reports as its training
+        write_json(self.path.parent / TRAINING_RECORD, {"steps": int(engine.state.iteration)})
         logger.info("saved %s", os.fspath(self.path))

@@ -34,9 +34,26 @@ def file_digest(path: Path) -> str | None:
 
 def upstream_digests(run_dir, cfg: dict) -> dict:
     """Content hashes of the trained stages a density with config ``cfg`` is trained on."""
-    stages = (["descriptor"] if uses_descriptor(cfg["features"]) else []) + \
-        (["condition"] if cfg["condition"] == "masked" else [])
-    return {stage: file_digest(model_path(run_dir, stage)) for stage in stages}
+    return {stage: file_digest(model_path(run_dir, stage)) for stage in scorer_stages(cfg)[:-1]}
+
+
+def scorer_stages(cfg: dict) -> list[str]:
+    """The trained stages a scorer with config ``cfg`` loads, in training order."""
+    return (["descriptor"] if uses_descriptor(cfg["features"]) else []) + \
+        (["condition"] if cfg["condition"] == "masked" else []) + ["density"]
+
+
+def trained_steps(run_dir, cfg: dict) -> dict:
+    """``{stage: steps trained}`` of the stages the scorer uses (None where a run predates the record)."""
+    from screener_plans.engines.handlers import TRAINING_RECORD
+
+    steps = {}
+    for stage in scorer_stages(cfg):
+        try:
+            steps[stage] = int(json.loads((model_path(run_dir, stage).parent / TRAINING_RECORD).read_text())["steps"])
+        except (OSError, ValueError, KeyError, TypeError):
+            steps[stage] = None
+    return steps
 
 
 def run_weights_id(run_dir, cfg: dict) -> str:

@@ -12,7 +12,10 @@ def model_card(meta: dict, plans: dict, calibration: dict | None) -> str:
     name, version = meta["name"], meta["version"]
     cfg = meta["screener"]["scorer"]
     ds = plans.get("dataset", {})
-    steps = plans.get("steps", {})
+    trained = meta["screener"].get("trained_steps") or {}
+    steps = ", ".join(f"{stage} {'unknown' if n is None else n}" for stage, n in trained.items()) or "not recorded"
+    if "descriptor" not in trained and cfg.get("features", "descriptor") == "intensity":
+        steps += " (no descriptor stage: the scored features are the CT intensity)"
     changelog = "\n".join(f"- {v}: {text}" for v, text in meta.get("changelog", {}).items())
     threshold = (f"{calibration['threshold']:.4g} (quantile {calibration.get('quantile')} of training body-voxel "
                  "scores)" if calibration and "threshold" in calibration else
@@ -80,7 +83,7 @@ python -m monai.bundle verify_net_in_out network_def --meta_file {name}/configs/
 ## Training
 
 Crop {_fmt(plans['crop_size'])} voxels, batch {plans['batch_size']}, {plans['pairs_per_crop']} pairs per crop,
-steps: descriptor {steps.get('descriptor')}, condition {steps.get('condition')}, density {steps.get('density')};
+steps trained: {steps};
 AdamW lr {plans['optim']['lr']}, one-cycle schedule. Everything is in `plans.json`.
 
 ## Data
@@ -93,7 +96,7 @@ AdamW lr {plans['optim']['lr']}, one-cycle schedule. Everything is in `plans.jso
 Scores are relative to the training scans: anatomy, scanners, contrast phases or fields of view
 that the training data lacked score as anomalous. The threshold flags a fixed share of normal
 tissue; it is not a diagnostic operating point. Quality depends on the training budget
-(see steps above).
+(see the steps trained above).
 
 ## Changelog
 

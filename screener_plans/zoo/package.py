@@ -114,7 +114,7 @@ def scorer_data_format(plans: dict, cfg: dict) -> dict:
 
 
 def bundle_metadata(plans: dict, cfg: dict, name: str, version: str, changelog: dict,
-                    weights_id: str | None = None) -> dict:
+                    weights_id: str | None = None, steps: dict | None = None) -> dict:
     """metadata.json of a published model: the inference bundle's, specialised to this scorer."""
     import monai
     import numpy
@@ -154,6 +154,7 @@ def bundle_metadata(plans: dict, cfg: dict, name: str, version: str, changelog: 
             # TorchScript file made before a stage was retrained is refused, and maps of the same
             # weights (eager, bundle or TorchScript) count as one model's
             **({"weights_id": weights_id} if weights_id else {}),
+            **({"trained_steps": steps} if steps else {}),
         },
     })
     meta["required_packages_version"] = {**meta.get("required_packages_version", {}),
@@ -198,7 +199,7 @@ def build_bundle(run_dir, bundle_dir, name: str, version: str, changelog: dict, 
     import yaml
 
     from screener_plans.bundle_runner import bundle_dir as shipped
-    from screener_plans.engines.models import load_scorer
+    from screener_plans.engines.models import load_scorer, trained_steps
     from screener_plans.inference.predict import calibration_path
     from screener_plans.planning.plans import load_plans
     from screener_plans.zoo.docs import model_card
@@ -220,7 +221,8 @@ def build_bundle(run_dir, bundle_dir, name: str, version: str, changelog: dict, 
         except ValueError:
             raise ScreenerError(f"{calibration_path(run_dir)}: not valid JSON; re-run `screener calibrate`") from None
         write_json(out / "calibration.json", public_calibration(calibration))
-    meta = bundle_metadata(plans, cfg, name, version, changelog, getattr(scorer, "weights_id", None))
+    meta = bundle_metadata(plans, cfg, name, version, changelog, getattr(scorer, "weights_id", None),
+                           trained_steps(run_dir, cfg))
     write_json(out / BUNDLE_METADATA, meta)
     write_text(out / "configs" / "inference.yaml",
                INFERENCE_HEADER + yaml.safe_dump(inference_config(), sort_keys=False, width=200))
