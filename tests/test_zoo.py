@@ -369,3 +369,16 @@ def test_torchscript_of_retrained_weights_is_refused_and_same_weights_are_one_mo
                  "--torchscript", "true"]) == 2
     err = capsys.readouterr().err
     assert "exported from other weights" in err and f"screener zoo export {run}" in err
+
+
+def test_publish_warns_without_calibration_and_refuses_a_stale_one(env, tmp_path, caplog):
+    run = tmp_path / "run"
+    shutil.copytree(env["masked"], run)
+    (run / "calibration.json").unlink()
+    with caplog.at_level("WARNING"):
+        publish(run, tmp_path / "zoo", "uncal", "1.0.0")
+    assert "has no calibration.json" in caplog.text and f"screener calibrate {run}" in caplog.text
+    (run / "calibration.json").write_text(json.dumps({"threshold": 2.0, "quantile": 0.999, "cases": [],
+                                                      "density_model": "0" * 16}))  # another density's
+    with pytest.raises(ScreenerError, match="calibrated with another density model"):
+        publish(run, tmp_path / "zoo", "uncal", "2.0.0")

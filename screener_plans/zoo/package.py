@@ -200,7 +200,7 @@ def build_bundle(run_dir, bundle_dir, name: str, version: str, changelog: dict, 
 
     from screener_plans.bundle_runner import bundle_dir as shipped
     from screener_plans.engines.models import load_scorer, trained_steps
-    from screener_plans.inference.predict import calibration_path
+    from screener_plans.inference.predict import calibration_path, load_threshold
     from screener_plans.planning.plans import load_plans
     from screener_plans.zoo.docs import model_card
     from screener_plans.zoo.layout import read_scorer_config
@@ -209,13 +209,14 @@ def build_bundle(run_dir, bundle_dir, name: str, version: str, changelog: dict, 
     plans = load_plans(run_dir / "plans.json")
     cfg = read_scorer_config(run_dir)
     scorer = load_scorer(run_dir, plans)  # also checks every stage matches the plans
+    calibrated = load_threshold(run_dir) is not None  # a calibration of another density model is refused
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / BUNDLE_WEIGHTS, suffix=".pt") as tmp, open(tmp, "wb") as f:
         torch.save(scorer.state_dict(), f)  # a stream, so the archive's inner name is not the temp name
     write_json(out / BUNDLE_SCORER_CONFIG, cfg)
     write_json(out / "plans.json", public_plans(plans))
     calibration = None
-    if calibration_path(run_dir).exists():
+    if calibrated:
         try:
             calibration = json.loads(calibration_path(run_dir).read_text())
         except ValueError:

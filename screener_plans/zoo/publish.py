@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 from screener_plans.errors import ScreenerError
 from screener_plans.zoo.index import ZooLocation, versions_of, write_index
 from screener_plans.zoo.package import build_bundle, check_name, check_version, version_key, zip_bundle
+
+logger = logging.getLogger(__name__)
 
 
 def publish(run_dir, zoo, name, version, force: bool = False, changelog: str | None = None,
@@ -20,6 +23,8 @@ def publish(run_dir, zoo, name, version, force: bool = False, changelog: str | N
     of the earlier versions of ``name`` in this zoo.
     """
     from screener_plans.io_utils import ensure_writable_dir
+
+    from screener_plans.inference.predict import calibration_path
 
     name, version = check_name(name), check_version(version)
     location = ZooLocation(zoo)
@@ -42,6 +47,10 @@ def publish(run_dir, zoo, name, version, force: bool = False, changelog: str | N
         checksum, size = zip_bundle(tmp / name, zip_path, top=name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if not calibration_path(run_dir).exists():
+        logger.warning("%s has no calibration.json: the published model's region threshold falls back to each "
+                       "scan's 99.9th percentile; run `screener calibrate %s` and publish again to ship one",
+                       run_dir, run_dir)
     meta = _bundle_meta(zip_path, name)
     entry = {
         "name": name, "version": version, "source": zip_path.name, "checksum": checksum,
