@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from screener_plans.errors import ScreenerError
 from screener_plans.io_utils import remove_dirs_left_empty
@@ -88,14 +89,14 @@ class Screener:
         _echo(f"preprocessed {summary['done']} case(s), {summary['cached']} already cached, "
               f"{len(summary['errors'])} failed")
 
-    def train(self, run_dir, stage: str = "descriptor", max_steps: int | None = None, device: str | None = None,
+    def train(self, run_dir, stage: str | None = None, max_steps: int | None = None, device: str | None = None,
               condition: str | None = None, density: str | None = None, resume: bool = True,
               features: str | None = None, intensity_prior=None):
         """Train one stage (descriptor|condition|density) through its MONAI bundle; resumes by default.
 
         Args:
             run_dir: a preprocessed run.
-            stage: descriptor|condition|density.
+            stage: descriptor|condition|density (default: descriptor, where the plans' scorer uses one).
             max_steps: steps to train (default: the plans' steps for the stage).
             device: auto|cpu|cuda (default: auto).
             condition: density only: masked|sincos|none (default: from plans.json).
@@ -107,6 +108,7 @@ class Screener:
         from screener_plans.bundle_runner import train_stage
 
         device = None if device is None else check_device(device)
+        stage = _default_stage(run_dir) if stage is None else stage
         path = train_stage(run_dir, stage, max_steps=max_steps, device=device, condition=condition,
                            density=density, resume=as_bool(resume, "resume"), features=features,
                            intensity_prior=intensity_prior)
@@ -303,6 +305,20 @@ def _collect_repeated(argv: list[str], flag: str) -> tuple[list[str], list[str]]
             rest.append(a)
         i += 1
     return values, rest
+
+
+def _default_stage(run_dir) -> str:
+    """``train`` without ``--stage``: the descriptor, unless the run's scorer does without one (then
+    training it would only cost time: name the stage instead)."""
+    from screener_plans.engines.models import uses_descriptor
+    from screener_plans.planning.plans import load_plans
+
+    features = load_plans(Path(run_dir) / "plans.json")["density"].get("features", "descriptor")
+    if uses_descriptor(features):
+        return "descriptor"
+    raise ScreenerError(f"{run_dir}: this run's scorer uses no descriptor (density.features={features}); name the "
+                        f"stage to train: --stage condition, then --stage density (or `screener plan-and-train` "
+                        "for every stage)")
 
 
 def main(argv: list[str] | None = None) -> int:

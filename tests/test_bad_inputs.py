@@ -215,3 +215,16 @@ def test_predict_refuses_plans_edited_after_training(env, tmp_path, capsys, key,
     line = _one_error_line(err)
     assert f"trained with {key}" in line and f"now has {value}" in line, line
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_train_without_stage_does_not_train_an_unused_descriptor(env, tmp_path, capsys):
+    from screener_plans.cli import _default_stage
+
+    plans = json.loads((env["run"] / "plans.json").read_text())
+    assert plans["density"]["features"] == "intensity"  # the tiny preset's default scorer
+    code, err = _run(["train", env["run"]], capsys)
+    assert code == 2
+    line = _one_error_line(err)
+    assert "uses no descriptor" in line and "--stage condition" in line, line
+    descriptor_run = make_random_run(tmp_path, plans, features="descriptor")
+    assert _default_stage(descriptor_run) == "descriptor"  # the paper's scorer: as before
