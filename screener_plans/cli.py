@@ -325,6 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     import fire
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv in (["--version"], ["version"]):
+        import monai
+        import torch
+
+        import screener_plans
+
+        print(f"screener {screener_plans.__version__} (MONAI {monai.__version__}, PyTorch {torch.__version__})")
+        return 0
     sets, argv = _collect_repeated(argv, "--set")
     if sets:
         argv += ["--set", json.dumps(sets)]

@@ -155,3 +155,10 @@ def test_option_values_are_checked_before_any_work(tmp_path, capsys, args, messa
     code, err = _run([a.format(tmp=tmp_path) for a in args], capsys)
     assert code == 2 and message in err and "Traceback" not in err, err
     assert sorted(tmp_path.iterdir()) == []  # nothing written, not even a run folder
+
+
+def test_version(capsys):
+    import screener_plans
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith(f"screener {screener_plans.__version__} (MONAI ")
