@@ -52,7 +52,7 @@ def write_corpus(root: Path) -> dict[str, Entry]:
     d = root / "unreadable"
     d.mkdir()
     os.symlink(root / "nowhere" / "scan.nii.gz", d / "scan.nii.gz")  # a dangling link: nothing to read
-    out["unreadable"] = Entry(d, d / "scan.nii.gz", "cannot be read")
+    out["unreadable"] = Entry(d, d / "scan.nii.gz", "broken link")
     nifti("2d", ct[:, :, 0], needle="2D")
     nifti("4d", np.stack([ct] * 3, axis=-1), needle="4D")
     nifti("constant", np.full(SHAPE, -1000.0), needle="constant volume")

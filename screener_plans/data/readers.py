@@ -147,6 +147,10 @@ def _holds_images(folder: str) -> bool:
         return False
 
 
+def _broken_link(path: str) -> str:
+    return f"broken link to {os.readlink(path)} (missing target or a loop)"
+
+
 def _holds_predictions(folder: str) -> bool:
     """True for a folder `screener predict` wrote (anomaly maps beside their ``_regions.json``)."""
     try:
@@ -193,7 +197,7 @@ def find_cases(data_dir: str | Path, with_bad: bool = False):
         if entry.name.startswith("."):
             continue
         if entry.is_symlink() and not os.path.exists(entry.path):
-            bad.append(BadCaseError(entry.path, f"broken link to {os.readlink(entry.path)} (missing target or a loop)"))
+            bad.append(BadCaseError(entry.path, _broken_link(entry.path)))
             continue
         if _is(entry, "dir"):
             if _holds_predictions(entry.path):
@@ -375,6 +379,8 @@ def read_case(case: CaseSource) -> CaseImage:
     try:
         size = os.path.getsize(case.path) if case.kind == "file" else 1
     except OSError as e:
+        if os.path.islink(case.path):
+            raise BadCaseError(case.path, _broken_link(case.path)) from None
         raise BadCaseError(case.path, f"cannot be read ({e.strerror})") from None
     if size == 0:
         raise BadCaseError(case.path, "empty file")
