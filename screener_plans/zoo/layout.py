@@ -62,9 +62,7 @@ def build_scorer(plans: dict, cfg: dict):
 
 def load_bundle_scorer(bundle_dir, plans: dict):
     """The scorer of a published bundle (``models/model.pt``), frozen, on CPU."""
-    from screener_plans.engines.models import freeze, load_into, load_state
-
-    from screener_plans.engines.models import check_preprocessing
+    from screener_plans.engines.models import check_preprocessing, freeze, load_into, load_state
 
     bundle_dir = Path(bundle_dir)
     cfg = read_scorer_config(bundle_dir)
@@ -85,12 +83,15 @@ def bundle_weights_id(bundle_dir) -> str | None:
 
 
 def present_weights_id(root) -> str | None:
-    """The weights id of what ``root`` (a run or a published bundle) holds now."""
+    """The weights id of what ``root`` (a run or a published bundle) holds now (None: no trained scorer)."""
     if is_bundle(root):
         return bundle_weights_id(root)
     from screener_plans.engines.models import run_weights_id
 
-    return run_weights_id(root, read_scorer_config(root))
+    try:
+        return run_weights_id(root, read_scorer_config(root))
+    except ScreenerError:
+        return None  # plans only, scored by a TorchScript file: nothing to compare it with
 
 
 def torchscript_path(run_dir, torchscript) -> Path | None:
