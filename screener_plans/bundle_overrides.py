@@ -1,4 +1,5 @@
-"""Refuse a misspelled override on ``python -m monai.bundle run`` before the bundle runs.
+"""Refuse a misspelled override on ``python -m monai.bundle run`` (and the commands that check or
+export a bundle's network) before anything runs.
 
 MONAI turns every ``--key value`` that ``run`` does not know into a config entry, so
 ``--max_step 10`` (for ``--max_steps``) adds an unused id and trains the default schedule,
@@ -29,10 +30,14 @@ def _flags(argv: list[str]) -> dict[str, str | None]:
     return flags
 
 
-def _run_arguments() -> set[str]:
+# MONAI's bundle commands whose unknown ``--key value`` pairs become config overrides
+CHECKED_COMMANDS = ("run", "verify_net_in_out", "ckpt_export", "onnx_export", "trt_export")
+
+
+def _command_arguments(command: str) -> set[str]:
     from monai.bundle import scripts
 
-    params = inspect.signature(scripts.run).parameters.values()
+    params = inspect.signature(getattr(scripts, command)).parameters.values()
     return {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD}
 
 
@@ -42,8 +47,9 @@ def _is_setting(value) -> bool:
         isinstance(value, str) and not value.startswith(("$", "@", "%")))
 
 
-def unknown_overrides(argv: list[str]) -> list[tuple[str, list[str], list[str]]]:
-    """``(flag, close matches, the plain settings)`` for each override that names no id of the configs."""
+def unknown_overrides(argv: list[str], command: str = "run") -> list[tuple[str, list[str], list[str]]]:
+    """``(flag, close matches, the plain settings)`` for each override of ``python -m monai.bundle
+    COMMAND ARGV`` that names no id of the configs."""
     from monai.bundle import ConfigParser
 
     flags = _flags(argv)
@@ -54,7 +60,7 @@ def unknown_overrides(argv: list[str]) -> list[tuple[str, list[str], list[str]]]
         config = ConfigParser.load_config_files(config_file)
     except Exception:  # noqa: BLE001 - unreadable configs are MONAI's to report
         return []
-    known = set(config) | _run_arguments()
+    known = set(config) | _command_arguments(command)
     found = []
     for key in flags:
         top = key.split("#", 1)[0]
@@ -66,17 +72,18 @@ def unknown_overrides(argv: list[str]) -> list[tuple[str, list[str], list[str]]]
     return found
 
 
-def _is_bundle_run(argv: list[str]) -> bool:
+def _is_checked_command(argv: list[str]) -> bool:
     main = os.path.join("monai", "bundle", "__main__.py")
-    return len(argv) > 1 and argv[0].endswith(main) and argv[1] == "run"
+    return len(argv) > 1 and argv[0].endswith(main) and argv[1] in CHECKED_COMMANDS
 
 
 def refuse_unknown_overrides(argv: list[str] | None = None) -> None:
-    """End ``python -m monai.bundle run`` with one line if an override names no config id."""
+    """End ``python -m monai.bundle run`` (or ``verify_net_in_out``, an export) with one line if
+    an override names no config id."""
     argv = sys.argv if argv is None else argv
-    if not _is_bundle_run(argv) or os.environ.get("SCREENER_ALLOW_NEW_IDS"):
+    if not _is_checked_command(argv) or os.environ.get("SCREENER_ALLOW_NEW_IDS"):
         return
-    found = unknown_overrides(argv[2:])
+    found = unknown_overrides(argv[2:], argv[1])
     if not found:
         return
     key, close, ids = found[0]

@@ -29,8 +29,14 @@ def test_misspelled_override_is_named_with_its_likely_meaning():
     assert "max_steps" in found[0][2] and "network_def" not in found[0][2]  # settings, not components
 
 
-def test_only_the_bundle_run_command_is_checked():
+def test_only_monai_bundle_commands_are_checked():
     refuse_unknown_overrides(["screener", "train", "--config_file", TRAIN, "--max_step", "3"])  # not ours to check
+    main = str(Path("site-packages") / "monai" / "bundle" / "__main__.py")
+    refuse_unknown_overrides([main, "verify_net_in_out", "network_def", "--config_file", TRAIN, "--p", "2",
+                              "--plans_file", "p.json"])  # verify_net_in_out's own arguments pass
+    with pytest.raises(SystemExit):
+        refuse_unknown_overrides([main, "verify_net_in_out", "network_def", "--config_file", TRAIN,
+                                  "--plans_fil", "p.json"])
 
 
 def test_bundle_run_with_a_misspelled_override_stops_with_one_line(tmp_path):

@@ -181,3 +181,6 @@ def test_ignite_error_line_only_for_unexpected_errors(caplog, raised, logged):
     with caplog.at_level(logging.ERROR), pytest.raises(BaseException):
         engine.run([0, 1], max_epochs=1)
     assert any("terminating due to exception" in r.getMessage() for r in caplog.records) == logged
+    with caplog.at_level(logging.INFO):  # ResumeHandler says where it resumes; Ignite's "from iteration 0" is noise
+        engine.logger.info("Engine run resuming from iteration 0, epoch 0 until 1 epochs")
+    assert not any("resuming from iteration" in r.getMessage() for r in caplog.records)

@@ -184,6 +184,8 @@ def test_misnamed_and_incomplete_files_say_what_is_wrong(tmp_path):
     cases, bad = find_cases(tmp_path, with_bad=True)  # the loop is no traceback
     assert sorted(Path(b.path).name for b in bad) == ["loop_a", "loop_b"]
     assert all("broken link" in b.reason for b in bad)
+    with pytest.raises(ScreenerError, match="loop_a: broken link to loop_b"):
+        find_cases(tmp_path / "loop_a")  # given as the input itself
     by_name = {c.name: c for c in cases}
     expect = {"plain": "not gzip-compressed although named .nii.gz", "packed": "gzip-compressed although named .nii",
               "meta": "meta.raw named by its header (ElementDataFile) is missing"}

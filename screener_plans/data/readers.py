@@ -178,6 +178,8 @@ def find_cases(data_dir: str | Path, with_bad: bool = False):
     ``with_bad=True``, ``(cases, bad)``.
     """
     data_dir = Path(data_dir)
+    if data_dir.is_symlink() and not data_dir.exists():
+        raise ScreenerError(f"{data_dir}: {_broken_link(str(data_dir))}")
     if not data_dir.exists():
         what = "file" if _suffix(str(data_dir)) in READERS else "data folder"
         raise ScreenerError(f"{data_dir}: {what} does not exist")

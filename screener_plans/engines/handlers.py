@@ -38,14 +38,17 @@ def _fmt_eta(seconds: float) -> str:
 
 
 class _HandledErrorFilter(logging.Filter):
-    """Drops Ignite's "... run is terminating due to exception" lines for a Ctrl-C or a Screener error:
-    the former is a clean stop and the latter is reported in one line by the caller."""
+    """Drops Ignite's "... run is terminating due to exception" lines for a Ctrl-C or a Screener error
+    (the former is a clean stop, the latter is reported in one line by the caller), and its
+    "Engine run resuming from iteration 0", which precedes ``ResumeHandler``'s own line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         import sys
 
         from screener_plans.bundle_runner import find_screener_error
 
+        if str(record.msg).startswith("Engine run resuming from iteration"):
+            return False
         if "run is terminating due to exception" not in str(record.msg):
             return True
         exc = sys.exc_info()[1]  # the filter runs inside Ignite's except block
