@@ -198,7 +198,7 @@ class Screener:
         print(run_demo(out_dir, budget_minutes=as_number(budget_minutes, "budget-minutes", float, above=0),
                        cases=as_number(cases, "cases", int, minimum=2), device=check_device(device)))
 
-    def evaluate(self, pred_dir, labels_dir, mask_dir=None, output=None):
+    def evaluate(self, pred_dir, labels_dir, mask_dir=None, output=None, only_predicted: bool = False):
         """Print AUROC, AUROC@FPR0.3 and AUPRO@FPR0.3 (pooled and per case) as JSON.
 
         Args:
@@ -207,13 +207,16 @@ class Screener:
             mask_dir: masks limiting the voxels counted (default: every voxel; outside the body
                 the maps hold their lowest score).
             output: also write the JSON to this file.
+            only_predicted: true: evaluate the labelled cases that have a map and name the others
+                (default: a label without a map is an error).
         """
         from screener_plans.io_utils import ensure_writable_file, write_text
         from screener_plans.metrics import evaluate
 
+        only_predicted = as_bool(only_predicted, "only-predicted")
         if output:
             ensure_writable_file(output)  # before the work, not after it
-        result = evaluate(pred_dir, labels_dir, mask_dir=mask_dir)
+        result = evaluate(pred_dir, labels_dir, mask_dir=mask_dir, only_predicted=only_predicted)
         text = json.dumps(result, indent=2)
         print(text)
         if output:

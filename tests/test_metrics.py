@@ -268,9 +268,11 @@ def test_evaluate_errors(tmp_path):
         evaluate(folders["pred"], empty)
 
     (folders["pred"] / "b.nii").unlink()
-    with pytest.raises(ScreenerError, match="no prediction") as info:
+    with pytest.raises(ScreenerError, match="no prediction.*--only-predicted true") as info:
         evaluate(folders["pred"], folders["labels"])
     assert "b.nii.gz" in str(info.value)
+    subset = evaluate(folders["pred"], folders["labels"], only_predicted=True)  # the cases that have a map
+    assert subset["unpredicted_labels"] == ["b"] and set(subset["cases"]) == {"a", "c"}
 
     _save(folders["pred"] / "b.nii.gz", np.zeros((10, 10, 9), np.float32))
     with pytest.raises(ScreenerError, match="shape mismatch") as info:

@@ -116,26 +116,36 @@ def _summary(acc: VoxelMetricAccumulator) -> dict:
     return result
 
 
-def evaluate(pred_dir, labels_dir, mask_dir=None, bins: int = DEFAULT_BINS) -> dict:
+def evaluate(pred_dir, labels_dir, mask_dir=None, bins: int = DEFAULT_BINS, only_predicted: bool = False) -> dict:
     """Voxel AUROC, AUROC up to FPR 0.3 and AUPRO up to FPR 0.3 of anomaly maps.
 
     Pairs ``pred_dir/<case>.nii[.gz]`` with every ``labels_dir/<case>.nii[.gz]`` (label > 0 is
     anomalous) and, if given, ``mask_dir/<case>.nii[.gz]`` (only voxels with mask > 0 count).
-    Other files in ``pred_dir`` are not evaluated (maps without a label are named in a
-    warning). Two passes over the predictions: the first finds the pooled score range and bulk
-    for the bins, the second fills one accumulator per case, each merged into the pooled one. Returns ``{"metrics": pooled, "cases": {case: metrics,
-    n_regions, n_lesions, n_voxels, n_positive[, note]}, "n_cases", "unlabelled_predictions"
-    (predictions without a label: not evaluated), "n_voxels", "n_positive",
-    "n_regions", "n_lesions", "binning": {"bins", "error_bound"}}``; undefined per-case metrics are None.
+    A label without a map is an error, unless ``only_predicted``; maps without a label are not
+    evaluated (both are named in a warning). Two passes over the predictions: the first finds
+    the pooled score range and bulk for the bins, the second fills one accumulator per case,
+    each merged into the pooled one. Returns ``{"metrics": pooled, "cases": {case: metrics,
+    n_regions, n_lesions, n_voxels, n_positive[, note]}, "n_cases", "unlabelled_predictions",
+    "unpredicted_labels", "n_voxels", "n_positive", "n_regions", "n_lesions", "binning":
+    {"bins", "error_bound"}}``; undefined per-case metrics are None.
     """
     pred_dir, labels_dir = Path(pred_dir), Path(labels_dir)
     labels = _nifti_cases(labels_dir, "label")
     preds = _nifti_cases(pred_dir, "prediction")
     masks = _nifti_cases(Path(mask_dir), "mask") if mask_dir is not None else None
     cases = []
+    unpredicted = sorted(set(labels) - set(preds)) if only_predicted else []
+    if unpredicted:
+        logger.warning("%d of %d labelled cases have no map in %s and are not evaluated: %s%s", len(unpredicted),
+                       len(labels), pred_dir, ", ".join(unpredicted[:5]), ", ..." if len(unpredicted) > 5 else "")
+        if len(unpredicted) == len(labels):
+            raise ScreenerError(f"{pred_dir}: no map for any labelled case of {labels_dir}")
     for case, label in labels.items():
+        if case in unpredicted:
+            continue
         if case not in preds:
-            raise ScreenerError(f"{label}: no prediction {pred_dir / (case + '.nii.gz')}")
+            raise ScreenerError(f"{label}: no prediction {pred_dir / (case + '.nii.gz')} (pass --only-predicted "
+                                "true to evaluate the cases that have one)")
         if masks is not None and case not in masks:
             raise ScreenerError(f"{label}: no evaluation mask {Path(mask_dir) / (case + '.nii.gz')}")
         cases.append((case, preds[case], label, None if masks is None else masks[case]))
@@ -181,6 +191,7 @@ def evaluate(pred_dir, labels_dir, mask_dir=None, bins: int = DEFAULT_BINS) -> d
         "cases": per_case,
         "n_cases": len(per_case),
         "unlabelled_predictions": unlabelled,
+        "unpredicted_labels": unpredicted,
         "n_voxels": result["n_voxels"],
         "n_positive": result["n_positive"],
         "n_regions": result["n_regions"],
