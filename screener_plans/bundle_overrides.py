@@ -9,6 +9,7 @@ line of that one command against the ids of the config files it names.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import inspect
 import os
@@ -57,6 +58,8 @@ def unknown_overrides(argv: list[str], command: str = "run") -> list[tuple[str, 
     if not config_file:
         return []  # MONAI reports the missing config itself
     try:
+        if config_file.lstrip().startswith("["):  # fire reads "['a.yaml','b.yaml']" as a list
+            config_file = [str(f) for f in ast.literal_eval(config_file)]
         config = ConfigParser.load_config_files(config_file)
     except Exception:  # noqa: BLE001 - unreadable configs are MONAI's to report
         return []

@@ -23,8 +23,9 @@ def test_known_overrides_pass(argv):
     assert unknown_overrides(argv) == []
 
 
-def test_misspelled_override_is_named_with_its_likely_meaning():
-    found = unknown_overrides(["--config_file", TRAIN, "--plans_file", "p.json", "--max_step", "3"])
+@pytest.mark.parametrize("config_file", [TRAIN, f"['{TRAIN}','{MULTI}']", f"{TRAIN},{MULTI}"])
+def test_misspelled_override_is_named_with_its_likely_meaning(config_file):
+    found = unknown_overrides(["--config_file", config_file, "--plans_file", "p.json", "--max_step", "3"])
     assert [(key, close) for key, close, _ in found] == [("max_step", ["max_steps"])]
     assert "max_steps" in found[0][2] and "network_def" not in found[0][2]  # settings, not components
 
