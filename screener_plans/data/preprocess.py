@@ -31,9 +31,16 @@ CACHE_VERSION = 1
 CROP_MARGIN = 2  # voxels kept around the body box
 
 
+def preprocessing_of(plans: dict) -> dict:
+    """The plans values preprocessing depends on (grid spacing and HU window): what the networks'
+    inputs, the cache and a trained model are tied to."""
+    return {"spacing": [float(v) for v in plans["spacing"]],
+            "window": [float(v) for v in plans["intensity"]["window"]]}
+
+
 def cache_key(plans: dict) -> dict:
     """The plans values a cached case depends on; a change invalidates the cache."""
-    return {"version": CACHE_VERSION, "spacing": plans["spacing"], "window": plans["intensity"]["window"]}
+    return {"version": CACHE_VERSION, **preprocessing_of(plans)}
 
 
 def _gaussian_smooth(volume: np.ndarray, sigmas) -> np.ndarray:

@@ -23,7 +23,7 @@ def build_density_scorer(run_dir, plans: dict, condition=None, density=None, fea
     so a resumed run does not read every training case again."""
     from screener_plans.baselines import IntensityBaseline
     from screener_plans.engines.handlers import latest_checkpoint
-    from screener_plans.engines.models import preprocessing_of
+    from screener_plans.data.preprocess import preprocessing_of
 
     cfg = density_config(plans, condition, density, features, intensity_prior)
     model = build_density_model(cfg)

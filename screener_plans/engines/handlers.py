@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from ignite.engine import Events
 
 from screener_plans.engines.device import is_main_process, unwrap
 from screener_plans.errors import ScreenerError
-from screener_plans.io_utils import atomic_path, sweep_stale_temporaries
+from screener_plans.io_utils import atomic_path, sweep_stale_temporaries, write_json
 from screener_plans.options import as_bool
 
 logger = logging.getLogger("screener.train")
@@ -43,8 +44,6 @@ class _HandledErrorFilter(logging.Filter):
     "Engine run resuming from iteration 0", which precedes ``ResumeHandler``'s own line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        import sys
-
         from screener_plans.bundle_runner import find_screener_error
 
         if str(record.msg).startswith("Engine run resuming from iteration"):
@@ -292,7 +291,6 @@ class ResumeHandler:
         if is_main_process():
             logger.info("resumed from %s (step %d)", path, engine.state.iteration)
 
-
     def _discard_old_checkpoints(self) -> None:
         """Starting over: an older run's checkpoints would be resumed next time (and would
         outrank this run's, whose step numbers restart from 0)."""
@@ -336,8 +334,6 @@ class ModelExporter:
     def export(self, engine) -> None:
         if not is_main_process():
             return
-        from screener_plans.io_utils import write_json
-
         with atomic_path(self.path, suffix=".pt") as tmp:
             torch.save(unwrap(self.model).state_dict(), tmp)
         if self.config is not None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -25,11 +27,22 @@ def model_path(run_dir, stage: str) -> Path:
 
 
 def file_digest(path: Path) -> str | None:
-    """A short content hash of a model file (None when it does not exist)."""
+    """A short content hash of a model file (None when it does not exist).
+
+    Loading a run checks the upstream stages, names the weights and checks the calibration, each
+    from these hashes: a file is hashed once while it stays the same file (models are written to a
+    temporary name and renamed, so a retrained model is a new inode).
+    """
     try:
-        return sha256_file(path)[:16]
+        st = os.stat(path)
+        return _digest(os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
     except OSError:
         return None
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, inode: int, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)[:16]
 
 
 def upstream_digests(run_dir, cfg: dict) -> dict:
@@ -64,15 +77,11 @@ def run_weights_id(run_dir, cfg: dict) -> str:
     return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def preprocessing_of(plans: dict) -> dict:
-    """The plans values the networks' inputs depend on (grid spacing and HU window)."""
-    return {"spacing": [float(v) for v in plans["spacing"]],
-            "window": [float(v) for v in plans["intensity"]["window"]]}
-
-
 def check_preprocessing(cfg: dict, plans: dict, where) -> None:
     """Models trained on one grid and HU window score another one wrong: refuse a plans.json
     edited after training (configs written before this was recorded are not checked)."""
+    from screener_plans.data.preprocess import preprocessing_of
+
     trained = cfg.get("preprocessing")
     now = preprocessing_of(plans)
     for key in ("spacing", "window"):

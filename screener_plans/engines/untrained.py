@@ -18,10 +18,10 @@ def write_untrained_run(run_dir, plans: dict, condition: str | None = None, dens
         build_density_model,
         density_config,
         model_path,
-        preprocessing_of,
         save_density_config,
         with_density_choices,
     )
+    from screener_plans.data.preprocess import preprocessing_of
     from screener_plans.engines.ssl import build_stage_network
     from screener_plans.planning.plans import save_plans
 

@@ -89,10 +89,9 @@ def _check_shapes(pred: Path, label: Path, mask: Path | None) -> None:
         logger.warning("%s and %s have different affines; comparing voxel by voxel", pred, label)
 
 
-def _refuse_ct_volume(pred: Path, scores: np.ndarray) -> None:
+def _refuse_ct_volume(pred: Path, case: str, scores: np.ndarray) -> None:
     """A folder of CT scans passed as predictions would give plausible-looking numbers."""
-    stem = pred.name[: -len(next(s for s in _SUFFIXES if pred.name.endswith(s)))]
-    if (pred.parent / f"{stem}_regions.json").exists() or not scores.size:
+    if (pred.parent / f"{case}_regions.json").exists() or not scores.size:
         return  # written by `screener predict`
     low, high = float(scores.min()), float(scores.max())
     if low <= -900 and high >= 100:
@@ -159,7 +158,7 @@ def evaluate(pred_dir, labels_dir, mask_dir=None, bins: int = DEFAULT_BINS, only
     for case, pred, label, mask in cases:
         _check_shapes(pred, label, mask)
         scores = _load(pred)
-        _refuse_ct_volume(pred, scores)
+        _refuse_ct_volume(pred, case, scores)
         if mask is not None:
             scores = scores[_load(mask) > 0]
         try:

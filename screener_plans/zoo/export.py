@@ -136,13 +136,13 @@ def load_torchscript_scorer(path, plans: dict | None = None, expected_weights_id
             raise ScreenerError(f"{path}: TorchScript model has no Screener metadata; export it with "
                                 "`screener zoo export`") from None
     if plans is not None and info:
-        for key, plan_key in (("spacing", ("spacing",)), ("intensity_window", ("intensity", "window"))):
-            want = plans
-            for k in plan_key:
-                want = want[k]
-            if key in info and [float(v) for v in info[key]] != [float(v) for v in want]:
-                raise ScreenerError(f"{path}: TorchScript model was exported for {key} {info[key]}, but plans.json "
-                                    f"has {want}; export it from this run (`screener zoo export`)")
+        from screener_plans.data.preprocess import preprocessing_of
+
+        exported = {"spacing": info.get("spacing"), "window": info.get("intensity_window")}
+        for key, want in preprocessing_of(plans).items():
+            if exported[key] is not None and [float(v) for v in exported[key]] != want:
+                raise ScreenerError(f"{path}: TorchScript model was exported for {key} {exported[key]}, but "
+                                    f"plans.json has {want}; export it from this run (`screener zoo export`)")
     exported_id = info.get("weights_id")
     if expected_weights_id and exported_id and exported_id != expected_weights_id:
         raise ScreenerError(f"{path}: TorchScript model was exported from other weights than {source or 'the run'} "
