@@ -26,7 +26,7 @@ class Screener:
     """
 
     def make_synthetic(self, out_dir, cases: int = 24, seed: int = 0, test_cases: int | None = None,
-                       overwrite: bool = False):
+                       overwrite: bool = False, family: str = "standard"):
         """Write a synthetic CT data set: OUT_DIR/train (unlabeled), OUT_DIR/test/{images,labels}.
 
         Args:
@@ -35,12 +35,15 @@ class Screener:
             seed: data seed (the same seed writes the same scans).
             test_cases: scans in the labelled test split (default: a quarter).
             overwrite: true|false: replace another synthetic data set already in OUT_DIR.
+            family: standard|shifted: the phantom family ("shifted": other lesion contrasts and
+                sizes, slice thickness, noise, organ shapes and contrast phases; the quality
+                benchmark's unseen test set).
         """
         from screener_plans.data.synthetic import make_synthetic_dataset
 
         # counts are checked by make_synthetic_dataset, before anything is written
         info = make_synthetic_dataset(out_dir, cases=cases, seed=seed, test_cases=test_cases,
-                                      overwrite=as_bool(overwrite, "overwrite"))
+                                      overwrite=as_bool(overwrite, "overwrite"), family=family)
         _echo(f"synthetic data set ready in {out_dir}")
         return _summary(info)
 
@@ -99,10 +102,10 @@ class Screener:
             stage: descriptor|condition|density (default: descriptor, where the plans' scorer uses one).
             max_steps: steps to train (default: the plans' steps for the stage).
             device: auto|cpu|cuda (default: auto).
-            condition: density only: masked|sincos|none (default: from plans.json).
-            density: density only: gaussian|flow (default: from plans.json).
+            condition: density only: masked|sincos|none|surround|histogram (default: from plans.json).
+            density: density only: gaussian|flow|mixture (default: from plans.json).
             resume: continue from the stage's newest checkpoint.
-            features: density only: descriptor|intensity|descriptor+intensity (default: plans).
+            features: density only: descriptor|intensity|descriptor+intensity|structure (default: plans).
             intensity_prior: density only: true|false, add -log p(HU) (default: plans).
         """
         from screener_plans.bundle_runner import train_stage
@@ -165,12 +168,12 @@ class Screener:
             run_dir: folder for plans, cache, models (created).
             budget_minutes: set the steps so the whole run ends within this many minutes here.
             device: auto|cpu|cuda.
-            condition: masked|sincos|none (default: the preset's).
-            density: gaussian|flow (default: the preset's).
+            condition: masked|sincos|none|surround|histogram (default: the preset's).
+            density: gaussian|flow|mixture (default: the preset's).
             skip_bad: leave out unusable scans instead of stopping.
             workers: processes for reading and preprocessing (0: one per core, fewer if memory is short).
             set: override a plans value, key=value (repeatable).
-            features: what the density scores: descriptor|intensity|descriptor+intensity (with
+            features: what the density scores: descriptor|intensity|descriptor+intensity|structure (with
                 intensity alone no descriptor is trained).
             intensity_prior: true|false: add -log p(HU) under the training scans' histogram.
         """
@@ -312,16 +315,19 @@ def _collect_repeated(argv: list[str], flag: str) -> tuple[list[str], list[str]]
 
 def _default_stage(run_dir) -> str:
     """``train`` without ``--stage``: the descriptor, unless the run's scorer does without one (then
-    training it would only cost time: name the stage instead)."""
-    from screener_plans.engines.models import uses_descriptor
+    training it would only cost time: name the stages instead)."""
+    from screener_plans.engines.models import scorer_stages
     from screener_plans.planning.plans import load_plans
 
-    features = load_plans(Path(run_dir) / "plans.json")["density"].get("features", "descriptor")
-    if uses_descriptor(features):
+    d = load_plans(Path(run_dir) / "plans.json")["density"]
+    features = d.get("features", "descriptor")
+    stages = scorer_stages({"features": features, "condition": d["condition"]})
+    if stages[0] == "descriptor":
         return "descriptor"
-    raise ScreenerError(f"{run_dir}: this run's scorer uses no descriptor (density.features={features}); name the "
-                        f"stage to train: --stage condition, then --stage density (or `screener plan-and-train` "
-                        "for every stage)")
+    order = ", then ".join(f"--stage {s}" for s in stages)
+    raise ScreenerError(f"{run_dir}: this run's scorer uses no descriptor (density.features={features}, "
+                        f"density.condition={d['condition']}); name the stage to train: {order} "
+                        "(or `screener plan-and-train` for every stage)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from bad_inputs import BAD, SPACING, VALID, write_corpus
 from conftest import ras_affine, simple_ct, write_nifti
 from run_utils import make_random_run
 from screener_plans.cli import main
+from screener_plans.errors import ScreenerError
 
 
 @pytest.fixture(scope="module")
@@ -221,10 +222,13 @@ def test_train_without_stage_does_not_train_an_unused_descriptor(env, tmp_path, 
     from screener_plans.cli import _default_stage
 
     plans = json.loads((env["run"] / "plans.json").read_text())
-    assert plans["density"]["features"] == "intensity"  # the tiny preset's default scorer
+    assert plans["density"]["features"] == "structure"  # the tiny preset's default scorer
     code, err = _run(["train", env["run"]], capsys)
     assert code == 2
     line = _one_error_line(err)
-    assert "uses no descriptor" in line and "--stage condition" in line, line
+    assert "uses no descriptor" in line and "--stage condition, then --stage density" in line, line  # masked
+    no_condition = make_random_run(tmp_path, plans, condition="none", density="mixture")
+    with pytest.raises(ScreenerError, match=r"to train: --stage density \(or"):
+        _default_stage(no_condition)
     descriptor_run = make_random_run(tmp_path, plans, features="descriptor")
     assert _default_stage(descriptor_run) == "descriptor"  # the paper's scorer: as before

@@ -50,7 +50,9 @@ def _steps(run):
 def test_rerun_goes_on_with_the_first_runs_schedule(ct_folder, tmp_path, fake_training, caplog):
     measured, trained, state = fake_training
     run = tmp_path / "run"
-    kwargs = dict(device="cpu", workers=1, overrides=["crop_size=[16,16,16]", "spacing=[3.0,3.0,3.0]"])
+    # a two-stage configuration (condition, then density), so that one stage is left to resume
+    kwargs = dict(device="cpu", workers=1, overrides=["crop_size=[16,16,16]", "spacing=[3.0,3.0,3.0]"],
+                  condition="masked", features="intensity")
     state["interrupt_at"] = "density"  # Ctrl-C during the last stage
     with pytest.raises(KeyboardInterrupt):
         pipeline.plan_and_train(ct_folder, run, budget_minutes=5, **kwargs)

@@ -98,16 +98,16 @@ def test_console_script_plans_and_preprocesses(ct_folder, tmp_path):
 
 
 def test_plan_and_train_trains_what_the_density_needs_and_resumes(ct_folder, tmp_path):
-    """`screener plan-and-train` in one line: the tiny default (CT intensity + prior given the
-    masked condition) trains condition and density only, both learn, it calibrates, and a
-    re-run resumes."""
+    """`screener plan-and-train` in one line: CT intensity + prior given the masked condition
+    trains condition and density only, both learn, it calibrates, and a re-run resumes."""
     import json
 
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "screener_plans.cli", "plan-and-train", str(ct_folder), str(run), "--device", "cpu",
            "--workers", "1", "--set", "crop_size=[16,16,16]", "--set", "spacing=[3.0,3.0,3.0]",
            "--set", "steps.condition=40", "--set", "steps.density=40", "--set", "checkpoint_every=20",
-           "--set", "pairs_per_crop=32", "--intensity-prior", "true"]
+           "--set", "pairs_per_crop=32", "--intensity-prior", "true", "--condition", "masked",
+           "--features", "intensity", "--density", "gaussian"]
     p = subprocess.run(cmd, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
     assert not (run / "descriptor").exists()
@@ -120,8 +120,8 @@ def test_plan_and_train_trains_what_the_density_needs_and_resumes(ct_folder, tmp
     assert json.loads((run / "calibration.json").read_text())["threshold"] > 0
     p = subprocess.run(cmd, capture_output=True, text=True)
     assert p.returncode == 0 and "condition already trained" in p.stderr and "density already trained" in p.stderr
-    bad = subprocess.run(cmd[:5] + [str(tmp_path / "run2")] + cmd[6:] + ["--features", "descriptor"],
-                         capture_output=True, text=True)
+    bad_cmd = [str(tmp_path / "run2") if c == str(run) else "descriptor" if c == "intensity" else c for c in cmd]
+    bad = subprocess.run(bad_cmd, capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "needs the CT intensity among the scored features" in bad.stderr
     assert not (tmp_path / "run2" / "preprocessed").exists()  # refused before any work

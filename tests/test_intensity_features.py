@@ -114,8 +114,8 @@ def test_intensity_run_needs_no_descriptor_and_keeps_its_prior(tmp_path):
     data = write_ct_folder(tmp_path / "data", 2, (40, 36, 20), (3.0, 3.0, 4.0))
     plans = plan(data, tmp_path / "planned", device="cpu", workers=1, progress=False,
                  overrides={"crop_size": [16, 16, 16], "spacing": [4.0, 4.0, 4.0]})
-    assert plans["density"]["features"] == "intensity" and plans["density"]["intensity_prior"]  # tiny default
-    run = make_random_run(tmp_path, plans, condition="masked", density="gaussian")
+    run = make_random_run(tmp_path, plans, condition="masked", density="gaussian", features="intensity",
+                          intensity_prior=True)
     model_path(run, "descriptor").unlink()
     cfg = json.loads((run / "density" / "models" / "density_config.json").read_text())
     assert cfg["features"] == "intensity" and cfg["intensity_prior"]

@@ -196,9 +196,44 @@ def test_cli_wrapper(tmp_path, monkeypatch):
     import screener_plans.data.synthetic as syn
 
     real = syn.make_phantom
-    monkeypatch.setattr(syn, "make_phantom", lambda seed, lesions=True, shape=None, spacing=None:
+    monkeypatch.setattr(syn, "make_phantom", lambda seed, lesions=True, shape=None, spacing=None, family="standard":
                         real(seed, lesions=lesions, **SMALL))  # keep the test fast
     msg = make_synthetic(tmp_path / "d", cases=4, seed=4)
     assert "3 training" in msg and "1 labeled test" in msg
     meta = json.loads((tmp_path / "d" / "dataset.json").read_text())
     assert meta["seed"] == 4 and meta["test"][0]["lesions"]
+
+
+def test_shifted_family_is_another_distribution_with_documented_ranges():
+    """The quality benchmark's unseen test family: deterministic, distinct from the standard one
+    for the same seed, organ masses 15-60 HU above or below their host, thin to thick slices."""
+    a, b = make_phantom(21, family="shifted", **SMALL), make_phantom(21, family="shifted", **SMALL)
+    assert np.array_equal(a.hu, b.hu) and a.lesions == b.lesions
+    assert not np.array_equal(a.hu, make_phantom(21, **SMALL).hu)
+    contrasts, kinds, protocols = [], set(), set()
+    for seed in range(40):
+        ph = make_phantom(seed, lesions=4, family="shifted", **SMALL)
+        protocols.add(ph.protocol)
+        for lesion in ph.lesions:
+            kinds.add(lesion["kind"])
+            assert 1.5 <= lesion["radius_mm"] <= 20.5, lesion
+            if "host_hu" in lesion:  # organ masses: contrast against the host tissue's HU
+                contrasts.append(lesion["hu"] - lesion["host_hu"])
+    assert kinds == set(LESION_KINDS) and "delayed" in protocols
+    contrasts = np.array(contrasts)
+    assert (contrasts > 0).any() and (contrasts < 0).any()  # hyper- and hypodense
+    assert len(contrasts) > 10 and np.all((np.abs(contrasts) >= 15) & (np.abs(contrasts) <= 60)), contrasts
+    spacings = [_sample_case(np.random.default_rng(s), None, None, family="shifted")[0].spacing[2] for s in range(40)]
+    assert min(spacings) < 1.5 and max(spacings) > 4.0
+    with pytest.raises(ScreenerError, match="family must be one of"):
+        make_phantom(1, family="other")
+
+
+def test_dataset_records_its_family_and_refuses_another(tmp_path):
+    out = tmp_path / "syn"
+    meta = make_synthetic_dataset(out, cases=3, seed=2, test_cases=1, progress=False, family="shifted", **SMALL)
+    assert meta["family"] == "shifted" and json.loads((out / "dataset.json").read_text())["family"] == "shifted"
+    with pytest.raises(ScreenerError, match="family shifted"):
+        make_synthetic_dataset(out, cases=3, seed=2, test_cases=1, progress=False, **SMALL)
+    with pytest.raises(ScreenerError, match="--family must be one of"):
+        make_synthetic_dataset(tmp_path / "x", cases=3, progress=False, family="odd")

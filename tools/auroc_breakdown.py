@@ -58,14 +58,14 @@ def auroc_breakdown(scores, lesion, lesion_group, normal_group) -> dict:
             "loss_by_normal": by_normal, "auroc_without": without}
 
 
-def voxel_groups(data: Path, entry: dict, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def voxel_groups(data: Path, entry: dict, label: np.ndarray, family: str = "standard") -> tuple[np.ndarray, np.ndarray]:
     """(lesion kind id, tissue class) of every voxel of test case ``entry``, regenerated from its
     phantom seed; refuses a phantom whose lesions are not the label file's."""
     from screener_plans.data.synthetic import make_phantom
 
     tries = ({}, {"shape": tuple(entry["shape"]), "spacing": tuple(entry["spacing"])})
     for kwargs in tries:  # default grid first; a data set made with --shape forced its grid
-        ph = make_phantom(int(entry["phantom_seed"]), lesions=True, **kwargs)
+        ph = make_phantom(int(entry["phantom_seed"]), lesions=True, family=family, **kwargs)
         if ph.lesion_mask.shape == label.shape and np.array_equal(ph.lesion_mask > 0, label > 0):
             kinds = np.array([0] + [KIND_IDS[k] for k in ph.lesion_kinds], dtype=np.uint8)
             return kinds[ph.lesion_instances], ph.tissue
@@ -82,7 +82,7 @@ def load_groups(data: Path, mask_dir: Path | None) -> dict:
         label = np.asarray(nib.load(data / entry["label"]).dataobj) > 0
         body = (np.asarray(nib.load(mask_dir / f"{entry['case']}.nii.gz").dataobj) > 0 if mask_dir
                 else np.ones(label.shape, bool))
-        kind, tissue = voxel_groups(data, entry, label)
+        kind, tissue = voxel_groups(data, entry, label, meta.get("family", "standard"))
         cases[entry["case"]] = {"label": label[body], "kind": kind[body], "tissue": tissue[body], "body": body}
     return {"cases": cases, "tissue_names": meta["tissue_classes"]}
 

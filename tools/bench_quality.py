@@ -32,15 +32,16 @@ import time
 from pathlib import Path
 
 BASELINES = ("intensity", "autoencoder")
-CONDITIONS = ("none", "sincos", "masked")
-DENSITIES = ("gaussian", "flow")
+CONDITIONS = ("none", "sincos", "masked", "surround", "histogram")
+DENSITIES = ("gaussian", "flow", "mixture")
 # Screener variants are CONDITION_DENSITY[_FEATURES][_prior]: the paper's grid scores the
 # descriptor (no suffix); "_intensity" / "_both" score the CT intensity / descriptor + intensity;
 # "_prior" adds the intensity prior.
-FEATURE_TAGS = {"descriptor": "", "intensity": "_intensity", "descriptor+intensity": "_both"}
-PAPER_GRID = tuple(f"{c}_{d}" for d in DENSITIES for c in CONDITIONS)  # Table 3
-SCREENER = PAPER_GRID + tuple(f"{c}_{d}{tag}{prior}" for tag in ("_intensity", "_both") for prior in ("", "_prior")
-                              for d in DENSITIES for c in CONDITIONS)
+FEATURE_TAGS = {"descriptor": "", "intensity": "_intensity", "descriptor+intensity": "_both",
+                "structure": "_structure"}
+PAPER_GRID = tuple(f"{c}_{d}" for d in ("gaussian", "flow") for c in ("none", "sincos", "masked"))  # Table 3
+SCREENER = PAPER_GRID + tuple(f"{c}_{d}{tag}{prior}" for tag in ("_intensity", "_both", "_structure")
+                              for prior in ("", "_prior") for d in DENSITIES for c in CONDITIONS)
 VARIANTS = BASELINES + SCREENER  # table row order
 # run when --only is not given: the baselines, the paper's grid, and the intensity rows that
 # isolate the scored features, the prior and the condition
@@ -48,9 +49,11 @@ STANDARD = BASELINES + PAPER_GRID + ("masked_gaussian_intensity", "none_gaussian
                                      "sincos_gaussian_intensity_prior", "masked_gaussian_intensity_prior",
                                      "masked_flow_both_prior")
 LABELS = {"intensity": "Intensity baseline, -log p(HU)", "autoencoder": "Autoencoder baseline, L1 reconstruction error"}
-COND_NAMES = {"none": "none", "sincos": "sin-cos pos.", "masked": "masking-equiv."}
-DENS_NAMES = {"gaussian": "Gaussian", "flow": "norm. flow"}
-FEAT_NAMES = {"descriptor": "descriptor", "intensity": "CT intensity", "descriptor+intensity": "descriptor + CT intensity"}
+COND_NAMES = {"none": "none", "sincos": "sin-cos pos.", "masked": "masking-equiv.", "surround": "surround (30 mm)",
+              "histogram": "shell histogram (10-25 mm)"}
+DENS_NAMES = {"gaussian": "Gaussian", "flow": "norm. flow", "mixture": "Gauss. mixture"}
+FEAT_NAMES = {"descriptor": "descriptor", "intensity": "CT intensity", "descriptor+intensity": "descriptor + CT intensity",
+              "structure": "CT intensity given local structure"}
 
 
 def variant_name(condition: str, density: str, features: str = "descriptor", prior: bool = False) -> str:
@@ -73,11 +76,17 @@ def default_variant(plans: dict) -> str:
     cfg = density_config(plans, None, None)
     return variant_name(cfg["condition"], cfg["density"], cfg["features"], cfg["intensity_prior"])
 METRICS = (("auroc", "AUROC"), ("auroc_fpr03", "AUROC@FPR0.3"), ("aupro_fpr03", "AUPRO@FPR0.3"))
-TARGET = {"auroc": 0.95, "aupro_fpr03": 0.70, "train_minutes": 30.0}
+# the targets of the issue "Detection that holds on data it was never tuned on" (test set)
+TARGET = {"auroc": 0.95, "auroc_fpr03": 0.85, "aupro_fpr03": 0.80, "kind_auroc": 0.90, "train_minutes": 30.0}
 
 # Defaults sized from step times measured with the tiny preset on an otherwise idle 2-core CPU
 # (48^3 crops: descriptor ~0.9 s/step, condition ~1.0 s/step, masked/flow density ~1.5 s/step at
 # batch 4): about 13.5 + 8.5 + 7.5 = 29.5 minutes of training for the default configuration.
+# The protocol's synthetic sets: every choice is made on dev; test is another phantom family and
+# seed, reported only (README).
+DATA_SETS = {"dev": {"cases": 56, "test_cases": 16, "seed": 7, "family": "standard"},
+             "test": {"cases": 52, "test_cases": 12, "seed": 31, "family": "shifted"},
+             "real": {"cases": 4, "test_cases": 4, "seed": None, "family": "real"}}
 DEFAULT_STEPS = {"descriptor": 900, "condition": 500, "density": 300, "autoencoder": 2000}
 
 
@@ -169,14 +178,22 @@ def make_data(args) -> Path:
 
     data = args.out / "data"
     meta_path = data / "dataset.json"
+    if args.data_set == "real":
+        from real_ct_set import make_real_set  # tools/ is on sys.path when run as a script
+
+        log("the real-CT set (transductive: trained on the same scans, without labels)")
+        make_real_set(data)
+        return data
     if not meta_path.exists():
-        log(f"making the synthetic data set: {args.cases} cases, seed {args.seed}")
-        make_synthetic_dataset(data, cases=args.cases, seed=args.seed, test_fraction=0.25)
+        log(f"making the synthetic data set: {args.cases} cases ({args.test_cases} test), seed {args.seed}, "
+            f"family {args.family}")
+        make_synthetic_dataset(data, cases=args.cases, seed=args.seed, test_cases=args.test_cases,
+                               family=args.family)
     meta = json.loads(meta_path.read_text())
-    if meta.get("seed") != args.seed or meta["num_train"] + meta["num_test"] != args.cases:
-        raise ScreenerError(f"{meta_path}: made with seed {meta.get('seed')} and "
-                            f"{meta['num_train'] + meta['num_test']} cases, not --seed {args.seed} --cases "
-                            f"{args.cases}; use another --out")
+    made = (meta.get("seed"), meta["num_train"] + meta["num_test"], meta.get("family", "standard"))
+    if made != (args.seed, args.cases, args.family):
+        raise ScreenerError(f"{meta_path}: made with seed {made[0]}, {made[1]} cases, family {made[2]}, not "
+                            f"--seed {args.seed} --cases {args.cases} --family {args.family}; use another --out")
     return data
 
 
@@ -189,7 +206,7 @@ def prepare_base(args, data: Path, timings: Timings) -> tuple[Path, dict]:
     if (base / "plans.json").exists():
         plans = load_plans(base / "plans.json")
     else:
-        plans = timings.run("plan", lambda: plan(data / "train", base, device=args.device))
+        plans = timings.run("plan", lambda: plan(data / "train", base, device=args.device, overrides=args.set))
     t0 = time.monotonic()
     summary = preprocess(base, plans=plans)
     log(f"preprocess: {summary['done']} case(s) done, {summary['cached']} cached, {time.monotonic() - t0:.0f} s")
@@ -421,17 +438,27 @@ def tables(rows: list[dict], default: str) -> str:
 
 
 def target_check(rows: list[dict], default: str) -> dict:
+    """The issue's targets for the default configuration: pooled metrics, every lesion kind's mean
+    per-case AUROC, training time, and ahead of each baseline on every metric and every kind."""
     by = {r["variant"]: r for r in rows}
     if default not in by:
         return {"evaluated": False}
-    m, minutes = by[default]["metrics"], by[default]["train_minutes"]
-    checks = {"auroc": m["auroc"] is not None and m["auroc"] >= TARGET["auroc"],
-              "aupro_fpr03": m["aupro_fpr03"] is not None and m["aupro_fpr03"] >= TARGET["aupro_fpr03"],
-              "train_minutes": minutes is not None and minutes <= TARGET["train_minutes"]}
+    m, minutes, kinds = by[default]["metrics"], by[default]["train_minutes"], by[default]["per_kind"]
+
+    def at_least(value, bound):
+        return value is not None and value >= bound
+
+    checks = {k: at_least(m.get(k), TARGET[k]) for k, _ in METRICS}
+    checks["train_minutes"] = minutes is not None and minutes <= TARGET["train_minutes"]
+    for kind, v in kinds.items():
+        checks[f"kind_{kind}"] = at_least(v["mean_case_auroc"], TARGET["kind_auroc"])
     for b in BASELINES:
         if b in by:
-            checks[f"beats_{b}"] = all(m[k] is not None and by[b]["metrics"][k] is not None
-                                       and m[k] > by[b]["metrics"][k] for k, _ in METRICS)
+            other = by[b]
+            checks[f"beats_{b}"] = all(m[k] is not None and other["metrics"][k] is not None
+                                       and m[k] > other["metrics"][k] for k, _ in METRICS) and all(
+                kinds[k]["mean_case_auroc"] is not None and other["per_kind"].get(k, {}).get("mean_case_auroc")
+                is not None and kinds[k]["mean_case_auroc"] > other["per_kind"][k]["mean_case_auroc"] for k in kinds)
     return {"evaluated": True, "variant": default, "target": TARGET, "checks": checks, "met": all(checks.values())}
 
 
@@ -439,11 +466,13 @@ def target_lines(check: dict) -> list[str]:
     if not check.get("evaluated"):
         return ["target: the default configuration was not part of this run (--only)"]
     t, c = check["target"], check["checks"]
-    lines = [f"target for the default configuration ({check['variant']}): {'MET' if check['met'] else 'NOT MET'}",
-             f"  AUROC >= {t['auroc']}: {'yes' if c['auroc'] else 'no'}",
-             f"  AUPRO@FPR0.3 >= {t['aupro_fpr03']}: {'yes' if c['aupro_fpr03'] else 'no'}",
-             f"  training <= {t['train_minutes']:g} min: {'yes' if c['train_minutes'] else 'no'}"]
-    lines += [f"  beats the {b} baseline on all three metrics: {'yes' if c[f'beats_{b}'] else 'no'}"
+    yes = {True: "yes", False: "no"}
+    lines = [f"target for the default configuration ({check['variant']}): {'MET' if check['met'] else 'NOT MET'}"]
+    lines += [f"  {label} >= {t[k]}: {yes[c[k]]}" for k, label in METRICS]
+    lines += [f"  {k[5:]} mean per-case AUROC >= {t['kind_auroc']}: {yes[v]}" for k, v in c.items()
+              if k.startswith("kind_")]
+    lines.append(f"  training <= {t['train_minutes']:g} min: {yes[c['train_minutes']]}")
+    lines += [f"  ahead of the {b} baseline on every metric and lesion kind: {yes[c[f'beats_{b}']]}"
               for b in BASELINES if f"beats_{b}" in c]
     return lines
 
@@ -464,15 +493,22 @@ def write_report(args, plans: dict, data: Path, rows: list[dict], timings: Timin
     report = {
         "command": command,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "dataset": {"seed": meta["seed"], "num_train": meta["num_train"], "num_test": meta["num_test"]},
+        "dataset": {"seed": meta["seed"], "num_train": meta["num_train"], "num_test": meta["num_test"],
+                    "family": meta.get("family", "standard"), "set": args.data_set},
         "plans": {"preset": plans["preset"], "device": plans["device"], "crop_size": plans["crop_size"],
                   "spacing": plans["spacing"], "window": plans["intensity"]["window"],
                   "default": default, "overlap": plans["inference"]["overlap"]},
         "rows": rows, "target": check, "timings": timings.data, "table_markdown": table,
     }
     write_json(args.out / "quality.json", report)
-    text = "\n".join([f"Quality on {meta['num_test']} held-out synthetic test scans (trained on {meta['num_train']} "
-                      f"scans; data seed {meta['seed']}; {plans['preset']} preset, crop "
+    if meta.get("transductive"):
+        what = (f"Quality on {meta['num_test']} real CT scans ({meta.get('source')}), trained on the same scans "
+                f"without labels (transductive); {plans['preset']} preset, crop ")
+    else:
+        what = (f"Quality on {meta['num_test']} held-out synthetic test scans (trained on {meta['num_train']} "
+                f"scans; {meta.get('family', 'standard')} family, data seed {meta['seed']}"
+                + (f", the {args.data_set} set" if args.data_set else "") + f"; {plans['preset']} preset, crop ")
+    text = "\n".join([what +
                       f"{'x'.join(map(str, plans['crop_size']))}), voxels inside the body:", "",
                       f"    {command}", "", table, ""] + target_lines(check) + ["", stage_line(timings)])
     write_text(args.out / "quality.md", text + "\n")
@@ -483,9 +519,15 @@ def write_report(args, plans: dict, data: Path, rows: list[dict], timings: Timin
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("/tmp/screener_quality"))
-    ap.add_argument("--cases", type=int, default=48, help="synthetic cases; a quarter are held-out test scans")
+    ap.add_argument("--out", type=Path, default=None, help="default /tmp/screener_quality[_SET]")
+    ap.add_argument("--split", dest="data_set", choices=sorted(DATA_SETS), default=None,
+                    help="a named data set: dev (standard phantoms, where every choice is made), test "
+                         "(the shifted family, reported, never tuned on) or real (four real CTs fetched at benchmark "
+                         "time, trained on transductively); sets --cases/--test-cases/--seed/--family")
+    ap.add_argument("--cases", type=int, default=48, help="synthetic cases in all")
+    ap.add_argument("--test-cases", type=int, default=None, help="held-out labelled test scans (default: a quarter)")
     ap.add_argument("--seed", type=int, default=2024, help="data set seed (the demo uses 0)")
+    ap.add_argument("--family", default="standard", choices=("standard", "shifted", "real"), help="phantom family")
     ap.add_argument("--descriptor-steps", type=int, default=DEFAULT_STEPS["descriptor"])
     ap.add_argument("--condition-steps", type=int, default=DEFAULT_STEPS["condition"])
     ap.add_argument("--density-steps", type=int, default=DEFAULT_STEPS["density"], help="for every grid cell")
@@ -495,7 +537,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(VARIANTS)} (default: "
                                                  f"{','.join(STANDARD)})")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="plans override for every row (as `screener plan --set`); applies when OUT is first planned")
     args = ap.parse_args(argv)
+    if args.data_set:
+        for key, value in DATA_SETS[args.data_set].items():
+            setattr(args, key, value)
+    if args.test_cases is None:
+        args.test_cases = int(round(args.cases * 0.25))
+    if args.out is None:
+        args.out = Path("/tmp/screener_quality" + (f"_{args.data_set}" if args.data_set else ""))
     if args.only:
         chosen = [v.strip() for v in args.only.split(",") if v.strip()]
         bad = [v for v in chosen if v not in VARIANTS]

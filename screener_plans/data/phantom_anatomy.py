@@ -321,6 +321,11 @@ class Body:
     heart: float
     liver: float
     kyph: float
+    # Organ size factors and the kidneys' craniocaudal shift (mm); the standard family keeps 1 / 0.
+    spleen: float = 1.0
+    kidney: float = 1.0
+    kidney_shift: float = 0.0
+    stomach: float = 1.0
 
     def at(self, t):
         """Body, fat, muscle, cavity and spine dimensions (mm) at heights t (array)."""
@@ -693,12 +698,12 @@ def _abdomen(rng, P, body, d, d0, abdomen):
         if gb is not None:
             P.paint(gb, (q < 1) & abdomen[gb], "gallbladder")
     # Spleen, left posterior; stomach with an air-fluid level (air rises anteriorly when supine).
-    sb, q = ellipsoid_q(g, (-0.62 * ac, -0.42 * bcp, -50 * h), np.array([22, 48, 52]) * s,
+    sb, q = ellipsoid_q(g, (-0.62 * ac, -0.42 * bcp, -50 * h), np.array([22, 48, 52]) * s * body.spleen,
                         _rot(2, np.radians(rng.uniform(25, 45))))
     if sb is not None:
         P.paint(sb, (q < 1) & abdomen[sb], "spleen")
     fill = rng.uniform(0.7, 1.1)
-    semi = np.array([42, 40, 50]) * s * fill
+    semi = np.array([42, 40, 50]) * s * fill * body.stomach
     c_st = np.array([-0.3 * ac, 0.18 * bca, -45 * h])
     stb, q = ellipsoid_q(g, c_st, semi)
     if stb is not None:
@@ -717,8 +722,8 @@ def _abdomen(rng, P, body, d, d0, abdomen):
         _circle_paint(P, cu, sl(d["v_vb"] + 2 * s), r_ps, r_ps * 0.85, -1e4, -80 * h, "muscle",
                       where=("fat", "muscle"))
     # Kidneys: rotated ellipsoids, hilum facing anteromedially; cortex, medulla, sinus fat.
-    ks = rng.uniform(0.9, 1.1)
-    for side, tk in ((1, -112 * h), (-1, -98 * h)):
+    ks = rng.uniform(0.9, 1.1) * body.kidney
+    for side, tk in ((1, -112 * h + body.kidney_shift), (-1, -98 * h + body.kidney_shift)):
         dk = {k: float(np.asarray(x).ravel()[0]) for k, x in body.at(np.array([tk])).items()}
         c = np.array([side * (dk["a_vb"] + 46 * s), dk["v_vb"] - 4 * s, tk])
         semi = np.array([24, 22, 52]) * s * ks

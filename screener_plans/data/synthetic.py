@@ -5,6 +5,12 @@ protocol, grid size and spacing, field of view), inserts lesions with ground-tru
 applies partial-volume blur and correlated noise. Everything derives from the seed through
 independent random streams, so a phantom with and without lesions shares anatomy and noise.
 
+Two families: ``standard`` (the demo's, the tests' and the quality benchmark's dev set) and
+``shifted``, a held-out family for testing what was tuned on the standard one: organ masses
+15-60 HU above or below their host tissue, lesions 4-40 mm across, slices 1-5 mm thick, noise
+8-30 HU, organs of other sizes and positions, per-patient tissue offsets and a fourth (delayed)
+contrast phase.
+
 :func:`make_synthetic_dataset` writes ``train/`` (unlabeled; about a quarter of the cases
 carry unlabeled lesions, as real archives do) and ``test/images`` + ``test/labels`` (every
 case has at least one lesion), plus ``dataset.json``. This is the default data set for the
@@ -18,7 +24,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +36,8 @@ from .phantom_anatomy import Grid, Tissue, build_anatomy, sample_body, smooth_fi
 
 TISSUE_CLASSES = {int(t): t.name.lower() for t in Tissue}
 LESION_KINDS = ("lung_nodule", "ground_glass", "liver_mass", "kidney_mass")
-PROTOCOLS = ("plain", "arterial", "venous")
+PROTOCOLS = ("plain", "arterial", "venous", "delayed")
+FAMILIES = ("standard", "shifted")
 _KIND_ORGAN = {"lung_nodule": "lung", "ground_glass": "lung", "liver_mass": "liver",
                "kidney_mass": "kidney"}
 _KIND_WEIGHT = {"lung_nodule": 0.35, "ground_glass": 0.2, "liver_mass": 0.3, "kidney_mass": 0.15}
@@ -39,6 +46,14 @@ _RADIUS_MM = {"lung_nodule": (3, 12), "ground_glass": (8, 25), "liver_mass": (6,
 _EDGE_MM = {"lung_nodule": 0.4, "ground_glass": 2.5, "liver_mass": 0.8, "kidney_mass": 0.6}
 _MIN_FIT = {"lung_nodule": 0.75, "ground_glass": 0.85, "liver_mass": 0.95, "kidney_mass": 0.8}
 _MIN_ORGAN_ML = {"lung": 60.0, "liver": 80.0, "kidney": 20.0}
+# The shifted family: every kind 4-40 mm across (radius 2-20 mm, fewer large ones where the organ is
+# thin), softer or sharper edges.
+_SHIFTED_RADIUS_MM = {"lung_nodule": (2, 15), "ground_glass": (4, 20), "liver_mass": (2, 20),
+                      "kidney_mass": (2, 20)}
+_SHIFTED_EDGE_MM = (0.3, 1.8)
+# Soft tissues whose HU a patient shifts in the shifted family (contrast timing, body habitus).
+_SHIFTED_OFFSET_KEYS = ("muscle", "liver", "spleen", "kidney_cortex", "kidney_medulla", "blood", "blood_right",
+                        "ivc", "portal", "hepatic", "heart_wall", "bowel_wall", "lung_vessel")
 HU_MIN, HU_MAX = -1024, 3071
 GENERATOR = "screener_plans.data.synthetic"
 
@@ -61,7 +76,7 @@ class Phantom:
 
 # ----------------------------------------------------------------------------- case sampling
 
-def _sample_hu(rng, protocol):
+def _sample_hu(rng, protocol, family="standard"):
     """HU of every material for one patient under a contrast protocol."""
     U = rng.uniform
     fat = U(-112, -88)
@@ -81,12 +96,21 @@ def _sample_hu(rng, protocol):
                   liver=U(62, 76), kidney_cortex=U(150, 210), kidney_medulla=U(70, 100),
                   spleen=U(90, 130), bowel_wall=U(60, 90), portal=U(100, 140), hepatic=U(50, 70))
         hu["lung_vessel"] = 0.5 * (hu["blood"] + hu["blood_right"])
-    else:
+    elif protocol == "venous":
         blood = U(130, 170)
         hu.update(blood=blood, blood_right=blood + U(-10, 10), ivc=U(120, 160), heart_wall=U(90, 115),
                   liver=U(95, 115), kidney_cortex=U(150, 190), kidney_medulla=U(140, 180),
                   spleen=U(105, 125), bowel_wall=U(70, 100), portal=U(150, 190),
                   hepatic=U(130, 170), lung_vessel=blood)
+    else:  # delayed (a few minutes): contrast washed out of the vessels, kidneys dense throughout
+        blood = U(85, 120)
+        hu.update(blood=blood, blood_right=blood, ivc=blood + U(-5, 5), heart_wall=U(75, 95),
+                  liver=U(75, 95), kidney_cortex=U(130, 180), spleen=U(80, 100), bowel_wall=U(55, 80),
+                  portal=blood + U(-5, 5), hepatic=blood + U(-5, 5), lung_vessel=blood)
+        hu["kidney_medulla"] = hu["kidney_cortex"] + U(-10, 25)
+    if family == "shifted":
+        for key in _SHIFTED_OFFSET_KEYS:
+            hu[key] += U(-8, 8)
     return {k: float(v) for k, v in hu.items()}
 
 
@@ -99,11 +123,17 @@ def _check_shape_spacing(shape, spacing):
             raise ScreenerError(f"make_phantom: spacing must be three positive mm values, got {spacing!r}")
 
 
-def _sample_case(rng, shape, spacing):
+def _sample_case(rng, shape, spacing, family="standard"):
     """Grid, body and field of view (scan range along the body) of one case."""
     dz = float(spacing[2]) if spacing is not None else rng.uniform(2.0, 3.5)
     nz = int(shape[2]) if shape is not None else int(rng.integers(56, 111))
     dx = float(spacing[0]) if spacing is not None else rng.uniform(1.6, 2.2)
+    if family == "shifted" and spacing is None:
+        # Slices 1-5 mm thick (log-uniform) over 150-380 mm, at most 200 of them; finer pixels.
+        dz = float(np.exp(rng.uniform(np.log(1.0), np.log(5.0))))
+        if shape is None:
+            nz = int(np.clip(rng.uniform(150, 380) / dz, 48, 200))
+        dx = rng.uniform(1.2, 1.9)
     dy = float(spacing[1]) if spacing is not None else dx
     if shape is not None:
         nx, ny = int(shape[0]), int(shape[1])
@@ -123,7 +153,8 @@ def _sample_case(rng, shape, spacing):
     if shape is None:
         need = max(2 * half_w * 1.06 + 20, ap + 20)
         if spacing is None:
-            n = int(np.clip(np.ceil(need / dx) + rng.integers(0, 20), 160, 224))
+            n_max = 224 if family == "standard" else 320
+            n = int(np.clip(np.ceil(need / dx) + rng.integers(0, 20), 160, n_max))
             dx = dy = max(dx, need / n)
         else:
             n = int(min(np.ceil(need / min(dx, dy)) + rng.integers(0, 20), 512))
@@ -162,7 +193,16 @@ def _lesion_profile(rng, box_coords, radius, edge, lobulation):
     return 1.0 / (1.0 + np.exp(-(r_eff - dist) / edge)), dist, r_eff
 
 
-def _lesion_hu(rng, kind, hu_of, protocol):
+_HOST_TISSUE = {"liver_mass": "liver", "kidney_mass": "kidney_cortex"}
+
+
+def _lesion_hu(rng, kind, hu_of, protocol, family="standard"):
+    if family == "shifted":
+        if kind == "lung_nodule":  # solid to part-solid
+            return rng.uniform(-150, 60) + (0 if protocol == "plain" else rng.uniform(0, 30))
+        if kind == "ground_glass":
+            return rng.uniform(-750, -300)
+        return hu_of[_HOST_TISSUE[kind]] + rng.choice([-1, 1]) * rng.uniform(15, 60)  # hypo- or hyperdense
     if kind == "lung_nodule":
         return rng.uniform(10, 50) + (0 if protocol == "plain" else rng.uniform(10, 30))
     if kind == "ground_glass":
@@ -177,15 +217,14 @@ def _lesion_hu(rng, kind, hu_of, protocol):
     return rng.uniform(60, 110)
 
 
-def _find_site(rng, kind, radius, cand, organ_mask, inst, spacing):
+def _find_site(rng, kind, radius, cand, organ_mask, inst, spacing, lo, edge):
     """A lesion centre whose sphere lies (mostly) in the organ and clear of other lesions."""
-    lo = _RADIUS_MM[kind][0]
     shape = organ_mask.shape
     for attempt in range(60):
         if attempt and attempt % 15 == 0:  # crowded or thin organ: try smaller lesions
             radius = max(lo, radius * 0.75)
         c = np.array(np.unravel_index(rng.choice(cand), shape))
-        half = np.ceil((radius * 1.5 + 4 * _EDGE_MM[kind]) / spacing).astype(int)
+        half = np.ceil((radius * 1.5 + 4 * edge) / spacing).astype(int)
         box = tuple(slice(max(ci - hh, 0), min(ci + hh + 1, n)) for ci, hh, n in zip(c, half, shape))
         coords = [(np.arange(b.start, b.stop) - ci) * sp for b, ci, sp in zip(box, c, spacing)]
         coords = (coords[0][:, None, None], coords[1][None, :, None], coords[2][None, None, :])
@@ -199,7 +238,7 @@ def _find_site(rng, kind, radius, cand, organ_mask, inst, spacing):
     return None
 
 
-def _insert_lesions(rng, n, grid, hu, tissue, masks, hu_of, protocol):
+def _insert_lesions(rng, n, grid, hu, tissue, masks, hu_of, protocol, family="standard"):
     """Paint ``n`` lesions into organs present in the field of view (in place).
 
     Returns (instance map, per-lesion info). The ground truth is the lesion's soft occupancy
@@ -224,19 +263,24 @@ def _insert_lesions(rng, n, grid, hu, tissue, masks, hu_of, protocol):
         if len(cand[organ]) == 0:
             kinds.remove(kind)
             continue
-        lo, hi = _RADIUS_MM[kind]
+        lo, hi = (_RADIUS_MM if family == "standard" else _SHIFTED_RADIUS_MM)[kind]
         radius = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))  # small lesions are common
-        site = _find_site(rng, kind, radius, cand[organ], masks[organ], inst, np.array(grid.spacing))
+        edge = _EDGE_MM[kind]
+        if family == "shifted" and kind != "ground_glass":
+            edge = float(rng.uniform(*_SHIFTED_EDGE_MM))
+        site = _find_site(rng, kind, radius, cand[organ], masks[organ], inst, np.array(grid.spacing), lo, edge)
         if site is None:
             continue
         c, box, coords, radius = site
         lob = {"lung_nodule": 0.25, "ground_glass": 0.15}.get(kind, 0.1)
-        f, dist, r_eff = _lesion_profile(rng, coords, radius, _EDGE_MM[kind], lob)
+        if family == "shifted":
+            lob = float(rng.uniform(0.0, 0.35))
+        f, dist, r_eff = _lesion_profile(rng, coords, radius, edge, lob)
         f = (f * masks[organ][box]).astype(np.float32)  # never outside its organ
         m = (f >= 0.5) & (inst[box] == 0)
         if not m.any():
             continue
-        value = _lesion_hu(rng, kind, hu_of, protocol)
+        value = _lesion_hu(rng, kind, hu_of, protocol, family)
         ls = tuple(b.stop - b.start for b in box)
         tex = smooth_field(rng, ls, grid.spacing, 4.0 if kind == "ground_glass" else 6.0)
         level = value + tex * (25.0 if kind == "ground_glass" else 6.0)
@@ -250,6 +294,8 @@ def _insert_lesions(rng, n, grid, hu, tissue, masks, hu_of, protocol):
         tissue[box][m] = Tissue.LESION
         info.append(dict(kind=kind, radius_mm=round(radius, 2), hu=round(float(value), 1),
                          voxels=int(m.sum()), centre_vox=[int(x) for x in c]))
+        if family == "shifted" and kind in _HOST_TISSUE:  # the contrast is drawn against this value
+            info[-1]["host_hu"] = round(hu_of[_HOST_TISSUE[kind]], 1)
     return inst, info
 
 
@@ -274,14 +320,19 @@ def _blur_and_noise(rng, hu, noise_sd):
     return ndimage.gaussian_filter(white, sig, mode="nearest", truncate=4.0)
 
 
-def make_phantom(seed: int, lesions=True, shape=None, spacing=None, protocol=None) -> Phantom:
-    """Synthetic CT of one patient; same seed -> identical arrays.
+def make_phantom(seed: int, lesions=True, shape=None, spacing=None, protocol=None,
+                 family: str = "standard") -> Phantom:
+    """Synthetic CT of one patient; same seed (and family) -> identical arrays.
 
     ``lesions``: True for 1-4 random lesions, False/0 for none, an int for that many (fewer if
     the organs in the field of view cannot hold them). Anatomy and noise do not depend on it.
     ``shape``/``spacing`` (X, Y, Z) override the random grid; the body is scaled down to fit a
-    small field of view. ``protocol`` forces "plain", "arterial" or "venous" contrast.
+    small field of view. ``protocol`` forces "plain", "arterial", "venous" or "delayed" contrast
+    (the standard family draws only the first three). ``family``: "standard" or "shifted" (see
+    the module docstring).
     """
+    if family not in FAMILIES:
+        raise ScreenerError(f"make_phantom: family must be one of {FAMILIES}, got {family!r}")
     _check_shape_spacing(shape, spacing)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ScreenerError(f"make_phantom: seed must be a non-negative integer, got {seed!r}")
@@ -290,19 +341,27 @@ def make_phantom(seed: int, lesions=True, shape=None, spacing=None, protocol=Non
     if not isinstance(lesions, bool) and (not isinstance(lesions, (int, np.integer)) or lesions < 0):
         raise ScreenerError(f"make_phantom: lesions must be True/False or a count >= 0, got {lesions!r}")
     # Independent streams: lesions, noise and tissue HU never shift the anatomy's draws.
-    geo, lesion_ss, noise_ss, hu_ss = np.random.SeedSequence(int(seed)).spawn(4)
+    geo, lesion_ss, noise_ss, hu_ss, shift_ss = np.random.SeedSequence(int(seed)).spawn(5)
     rng = np.random.default_rng(geo)
-    grid, body = _sample_case(rng, shape, spacing)
+    grid, body = _sample_case(rng, shape, spacing, family)
     drawn = PROTOCOLS[rng.choice(3, p=[0.45, 0.2, 0.35])]
+    noise_range = (10, 25)
+    if family == "shifted":
+        srng = np.random.default_rng(shift_ss)
+        drawn = PROTOCOLS[srng.choice(4, p=[0.3, 0.2, 0.3, 0.2])]
+        noise_range = (8, 30)
+        body = replace(body, liver=body.liver * srng.uniform(0.85, 1.2), heart=body.heart * srng.uniform(0.88, 1.15),
+                       spleen=srng.uniform(0.7, 1.4), kidney=srng.uniform(0.8, 1.25),
+                       kidney_shift=srng.uniform(-20, 20) * body.h, stomach=srng.uniform(0.7, 1.25))
     protocol = protocol or drawn
-    hu_of = _sample_hu(np.random.default_rng(hu_ss), protocol)
+    hu_of = _sample_hu(np.random.default_rng(hu_ss), protocol, family)
     affine = _affine(rng, grid)
-    noise_sd = rng.uniform(10, 25)
+    noise_sd = rng.uniform(*noise_range)
     anat = build_anatomy(rng, grid, body, hu_of)
 
     lrng = np.random.default_rng(lesion_ss)
     n = int(lrng.integers(1, 5)) if lesions is True else int(lesions)
-    inst, info = _insert_lesions(lrng, n, grid, anat.hu, anat.tissue, anat.masks, hu_of, protocol)
+    inst, info = _insert_lesions(lrng, n, grid, anat.hu, anat.tissue, anat.masks, hu_of, protocol, family)
     for les in info:
         centre = affine[:3, :3] @ les.pop("centre_vox") + affine[:3, 3]
         les["centre_mm"] = [round(float(x), 1) for x in centre]
@@ -381,9 +440,11 @@ def _finished_set(out: Path) -> dict | None:
     return meta if isinstance(meta, dict) and meta.get("generator") == GENERATOR else None
 
 
-def _same_request(meta: dict, seed: int, n_train: int, n_test: int, shape, spacing) -> bool:
+def _same_request(meta: dict, seed: int, n_train: int, n_test: int, shape, spacing, family: str = "standard") -> bool:
     """Whether a finished data set is what this call would write (then it is kept as it is)."""
     if (meta.get("seed"), meta.get("num_train"), meta.get("num_test")) != (int(seed), n_train, n_test):
+        return False
+    if meta.get("family", "standard") != family:
         return False
     entries = meta.get("train", []) + meta.get("test", [])
     if shape is not None and any(e.get("shape") != [int(v) for v in shape] for e in entries):
@@ -412,13 +473,14 @@ def _prepare_out_dir(out: Path):
 
 def make_synthetic_dataset(out_dir, cases: int = 24, seed: int = 0, test_fraction: float = 0.25,
                            test_cases: int | None = None, progress: bool = True, shape=None,
-                           spacing=None, overwrite: bool = False) -> dict:
+                           spacing=None, overwrite: bool = False, family: str = "standard") -> dict:
     """Write the synthetic data set to ``out_dir`` and return what dataset.json holds.
 
     Layout: ``train/<case>.nii.gz`` (unlabeled), ``test/images/<case>.nii.gz`` and
     ``test/labels/<case>.nii.gz`` (uint8 lesion masks, same grid and affine), ``dataset.json``.
     ``test_cases`` overrides ``test_fraction``. Train and test cases are different patients.
     ``shape``/``spacing`` fix the grid of every case (small, fast data sets for tests).
+    ``family`` picks the phantom family (``FAMILIES``; "shifted" is the benchmark's unseen one).
     A finished data set already in ``out_dir`` is kept when it is the one asked for; another one
     is replaced only with ``overwrite`` (runs planned on it would lose their cases).
     """
@@ -430,17 +492,20 @@ def make_synthetic_dataset(out_dir, cases: int = 24, seed: int = 0, test_fractio
         test_cases = int(round(cases * float(test_fraction)))
     n_test = int(min(max(int(test_cases), 1), cases - 1))
     n_train = cases - n_test
+    if family not in FAMILIES:
+        raise ScreenerError(f"make-synthetic: --family must be one of {', '.join(FAMILIES)}, got {family!r}")
     _check_shape_spacing(shape, spacing)
     out = Path(out_dir)
     existing = _finished_set(out) if out.is_dir() else None
     if existing is not None and not overwrite:
-        if _same_request(existing, seed, n_train, n_test, shape, spacing):
+        if _same_request(existing, seed, n_train, n_test, shape, spacing, family):
             if progress:
                 print(f"synthetic: {out} already holds this data set; kept", file=sys.stderr, flush=True)
             return existing
         raise ScreenerError(
             f"{out}: already holds another synthetic data set ({existing.get('num_train')} training + "
-            f"{existing.get('num_test')} test cases, seed {existing.get('seed')}), which runs planned on it "
+            f"{existing.get('num_test')} test cases, seed {existing.get('seed')}, family "
+            f"{existing.get('family', 'standard')}), which runs planned on it "
             "read; choose another folder, or pass --overwrite true to replace it")
     _prepare_out_dir(out)
 
@@ -455,7 +520,7 @@ def make_synthetic_dataset(out_dir, cases: int = 24, seed: int = 0, test_fractio
             used.add(s)
             plan.append((split, i, s))
 
-    meta = dict(name="screener-synthetic-ct", generator=GENERATOR, format_version=1, seed=int(seed),
+    meta = dict(name="screener-synthetic-ct", generator=GENERATOR, format_version=1, seed=int(seed), family=family,
                 modality="CT", units="HU", num_train=n_train, num_test=n_test,
                 tissue_classes={str(k): v for k, v in TISSUE_CLASSES.items()},
                 lesion_kinds=list(LESION_KINDS), train=[], test=[])
@@ -463,12 +528,12 @@ def make_synthetic_dataset(out_dir, cases: int = 24, seed: int = 0, test_fractio
         t_start = time.time()
         name = f"case_{n_done:04d}"
         if split == 1:
-            ph = make_phantom(s, lesions=i in with_lesions, shape=shape, spacing=spacing)
+            ph = make_phantom(s, lesions=i in with_lesions, shape=shape, spacing=spacing, family=family)
             path = out / "train" / f"{name}.nii.gz"
             _save_nifti(ph.hu, ph.affine, path)
             entry = dict(case=name, image=f"train/{name}.nii.gz")
         else:
-            ph = make_phantom(s, lesions=True, shape=shape, spacing=spacing)
+            ph = make_phantom(s, lesions=True, shape=shape, spacing=spacing, family=family)
             for retry in range(1, 6):  # a test case must hold a lesion
                 if ph.lesion_kinds:
                     break
@@ -476,7 +541,7 @@ def make_synthetic_dataset(out_dir, cases: int = 24, seed: int = 0, test_fractio
                 if s in used:
                     continue
                 used.add(s)
-                ph = make_phantom(s, lesions=True, shape=shape, spacing=spacing)
+                ph = make_phantom(s, lesions=True, shape=shape, spacing=spacing, family=family)
             if not ph.lesion_kinds:
                 raise RuntimeError(f"synthetic test case {name}: no lesion could be placed")
             _save_nifti(ph.hu, ph.affine, out / "test" / "images" / f"{name}.nii.gz")
@@ -497,9 +562,9 @@ def make_synthetic_dataset(out_dir, cases: int = 24, seed: int = 0, test_fractio
 
 
 def make_synthetic(out_dir, cases: int = 24, seed: int = 0, test_fraction: float = 0.25,
-                   overwrite: bool = False) -> str:
+                   overwrite: bool = False, family: str = "standard") -> str:
     """CLI entry (``screener make-synthetic OUT_DIR --cases N --seed S``); returns a summary line."""
     meta = make_synthetic_dataset(out_dir, cases=cases, seed=seed, test_fraction=test_fraction,
-                                  overwrite=overwrite)
+                                  overwrite=overwrite, family=family)
     return (f"wrote {meta['num_train']} training and {meta['num_test']} labeled test cases "
             f"to {out_dir}")

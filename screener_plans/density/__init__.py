@@ -11,6 +11,7 @@ from .base import LOG_2PI, DensityModel
 from .flow import GlowFlow
 from .flow_layers import ActNorm, AffineCoupling, InvConv1x1
 from .gaussian import ConditionalGaussian, DiagonalGaussian
+from .mixture import ConditionalGaussianMixture, GaussianMixture
 from .prior import IntensityPrior
 
 __all__ = [
@@ -19,8 +20,10 @@ __all__ = [
     "ActNorm",
     "AffineCoupling",
     "ConditionalGaussian",
+    "ConditionalGaussianMixture",
     "DensityModel",
     "DiagonalGaussian",
+    "GaussianMixture",
     "GlowFlow",
     "IntensityPrior",
     "InvConv1x1",
@@ -32,10 +35,12 @@ DENSITY_PRESETS: dict[str, dict[str, dict]] = {
     "tiny": {
         "gaussian": {"hidden": 16, "kernel_size": 3},
         "flow": {"n_blocks": 2, "hidden": 16, "kernel_size": 1, "clamp": 2.0},
+        "mixture": {"n_components": 8, "hidden": 32, "kernel_size": 1},
     },
     "base": {
         "gaussian": {"hidden": 64, "kernel_size": 3},
         "flow": {"n_blocks": 8, "hidden": 128, "kernel_size": 1, "clamp": 2.0},
+        "mixture": {"n_components": 8, "hidden": 64, "kernel_size": 1},
     },
 }
 
@@ -49,7 +54,7 @@ def _options(cls: type) -> set[str]:
 
 
 def build_density(kind: str, dim: int, cond_dim: int = 0, preset: str = "base", **cfg) -> nn.Module:
-    """Build a density model: ``kind`` "gaussian" or "flow"; conditional when ``cond_dim > 0``.
+    """Build a density model: ``kind`` "gaussian", "flow" or "mixture"; conditional when ``cond_dim > 0``.
 
     ``cfg`` overrides the preset's options (see ``DENSITY_PRESETS``); unknown options raise
     ``ScreenerError``.
@@ -57,12 +62,17 @@ def build_density(kind: str, dim: int, cond_dim: int = 0, preset: str = "base", 
     if preset not in DENSITY_PRESETS:
         raise ScreenerError(f"density preset {preset!r} unknown; choose one of {sorted(DENSITY_PRESETS)}")
     if kind not in DENSITY_PRESETS[preset]:
-        raise ScreenerError(f"density kind {kind!r} unknown; choose 'gaussian' or 'flow'")
+        raise ScreenerError(f"density kind {kind!r} unknown; choose 'gaussian', 'flow' or 'mixture'")
     if int(dim) < 1 or int(cond_dim) < 0:
         raise ScreenerError(f"density dims invalid: dim={dim}, cond_dim={cond_dim}")
     options = {**DENSITY_PRESETS[preset][kind], **cfg}
     if kind == "flow":
         cls, kwargs = GlowFlow, {"cond_dim": int(cond_dim)}
+    elif kind == "mixture" and cond_dim > 0:
+        cls, kwargs = ConditionalGaussianMixture, {"cond_dim": int(cond_dim)}
+    elif kind == "mixture":
+        cls, kwargs = GaussianMixture, {}
+        options = {k: v for k, v in options.items() if k not in _CONDITIONAL_ONLY}
     elif cond_dim > 0:
         cls, kwargs = ConditionalGaussian, {"cond_dim": int(cond_dim)}
     else:

@@ -38,9 +38,12 @@ def build_density_scorer(run_dir, plans: dict, condition=None, density=None, fea
 class DensityIteration:
     """``iteration_update(engine, batch)``: NLL of frozen features under the density model."""
 
-    def __init__(self, grad_clip: float = 1.0, amp: bool = True, patience: int = 10):
+    def __init__(self, grad_clip: float = 1.0, amp: bool = True, patience: int = 10, trim: float = 0.0):
         self.grad_clip, self.amp = float(grad_clip), bool(amp)
         self.guard = NonFiniteGuard(patience=patience)
+        # the unlabeled training scans hold lesions of their own: leaving out each batch's
+        # ``trim`` fraction of least likely voxels keeps the density from learning them as normal
+        self.trim = float(trim)
 
     def __call__(self, engine, batch: dict) -> dict:
         from monai.engines.utils import IterationEvents
@@ -56,7 +59,12 @@ class DensityIteration:
             y, c = scorer.features(image, origin, spacing)
         # an intensity prior is a fixed term: only the density model under it is fitted
         nll = scorer.density.trainable(y.float(), c.float() if c.shape[1] else None)
-        loss = nll.mean()
+        if self.trim > 0:
+            flat = nll.reshape(-1)
+            keep = max(1, int(flat.numel() * (1.0 - self.trim)))
+            loss = flat.topk(keep, largest=False, sorted=False).values.mean()
+        else:
+            loss = nll.mean()
         engine.state.output = {"loss": loss.detach()}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)

@@ -12,14 +12,25 @@ from torch import nn
 
 from screener_plans.errors import ScreenerError
 from screener_plans.io_utils import sha256_file, write_json
+from screener_plans.nets.shell_histogram import HISTOGRAM_BINS_HU, ShellHistogram
+from screener_plans.nets.structure import STRUCTURE_CHANNELS, LocalStructure
+from screener_plans.nets.surround import DIRECTIONS, SurroundContext
 from screener_plans.options import as_bool
 
-CONDITIONS = ("masked", "sincos", "none")
-DENSITIES = ("gaussian", "flow")
+CONDITIONS = ("masked", "sincos", "none", "surround", "histogram")
+DENSITIES = ("gaussian", "flow", "mixture")
 # What the density model scores: the learned descriptor (the paper), the voxel's own CT
-# intensity (window-scaled), or both side by side.
-FEATURES = ("descriptor", "intensity", "descriptor+intensity")
+# intensity (window-scaled), both side by side, or "structure": the intensity smoothed at one
+# voxel, scored given its local Gaussian derivatives (appended to the condition; see
+# nets/structure.py).
+FEATURES = ("descriptor", "intensity", "descriptor+intensity", "structure")
 INTENSITY_CHANNELS = 1
+STRUCTURE_SIGMA = 1.0  # voxels of the planned grid
+# the surround condition's box means: this far from the voxel (beyond masses of about that
+# radius), boxes this wide (nets/surround.py)
+SURROUND = {"radii_mm": [30.0], "box_mm": 8.0}
+# the histogram condition's shell (nets/shell_histogram.py)
+SHELL = {"inner_mm": 10.0, "outer_mm": 25.0}
 
 
 def model_path(run_dir, stage: str) -> Path:
@@ -157,17 +168,25 @@ def uses_descriptor(features: str) -> bool:
     return features in ("descriptor", "descriptor+intensity")
 
 
+def structure_dim(features: str) -> int:
+    """Condition channels the scored features add (the local derivatives of ``structure``)."""
+    return STRUCTURE_CHANNELS if features == "structure" else 0
+
+
 class FeatureExtractor(nn.Module):
     """Frozen features (what the density scores) and condition for a batch of preprocessed crops.
 
     ``forward(image (B,1,X,Y,Z), origin_mm (B,3), spacing (B,3)) -> (y, c)``. ``y`` is the
     descriptor, the intensity channels, or both (``features``); ``c`` is an empty tensor when
     there is no condition. The masked condition model sees the whole crop at inference (mask
-    channel all zeros); sin-cos encodes absolute positions in the scan.
+    channel all zeros); sin-cos encodes absolute positions in the scan. With ``structure``
+    features, ``y`` is the smoothed intensity and its local derivatives follow the condition's
+    ``cond_dim`` channels in ``c``.
     """
 
     def __init__(self, descriptor: nn.Module | None, condition_kind: str = "none", condition: nn.Module | None = None,
-                 cond_dim: int = 0, features: str = "descriptor"):
+                 cond_dim: int = 0, features: str = "descriptor", structure_scale: float = 1.0,
+                 surround: dict | None = None, histogram: dict | None = None):
         super().__init__()
         from screener_plans.nets import SinCosCondition
 
@@ -180,10 +199,15 @@ class FeatureExtractor(nn.Module):
         self.condition_kind = condition_kind
         self.condition = condition if condition_kind == "masked" else None
         self.sincos = SinCosCondition(cond_dim) if condition_kind == "sincos" else None
+        self.surround = SurroundContext(**surround) if condition_kind == "surround" else None
+        self.histogram = ShellHistogram(**histogram) if condition_kind == "histogram" else None
         self.cond_dim = cond_dim if condition_kind != "none" else 0
+        self.structure = LocalStructure(STRUCTURE_SIGMA, structure_scale) if features == "structure" else None
 
     def describe(self, image: torch.Tensor) -> torch.Tensor:
         """The scored features ``y`` (B, dim, X, Y, Z) of a crop."""
+        if self.structure is not None:
+            return self.structure(image)[0]
         parts = []
         if self.descriptor is not None:
             parts.append(self.descriptor(image))
@@ -193,13 +217,22 @@ class FeatureExtractor(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def forward(self, image: torch.Tensor, origin_mm: torch.Tensor, spacing: torch.Tensor):
-        y = self.describe(image)
+        if self.structure is not None:
+            y, derivatives = self.structure(image)
+        else:
+            y, derivatives = self.describe(image), None
         if self.condition is not None:
             c = self.condition(torch.cat([image, torch.zeros_like(image)], dim=1))
         elif self.sincos is not None:
             c = self.sincos(origin_mm, spacing, image.shape[2:]).to(y.dtype)
+        elif self.surround is not None:
+            c = self.surround(image)
+        elif self.histogram is not None:
+            c = self.histogram(image)
         else:
             c = y.new_zeros((y.shape[0], 0) + tuple(y.shape[2:]))
+        if derivatives is not None:
+            c = torch.cat([c.float(), derivatives], dim=1)
         return y, c
 
 
@@ -235,13 +268,22 @@ def density_config(plans: dict, condition: str | None, density: str | None, feat
     if prior and features == "descriptor":
         raise ScreenerError("--intensity_prior needs the CT intensity among the scored features "
                             "(--features intensity or descriptor+intensity)")
-    cond_dim = 0 if condition == "none" else int(plans["network"]["d_cond"])
+    base_dim = {"none": 0, "surround": len(DIRECTIONS) * len(SURROUND["radii_mm"]), "histogram": len(HISTOGRAM_BINS_HU)}
+    cond_dim = base_dim.get(condition, int(plans["network"]["d_cond"])) + structure_dim(features)
     d_desc = int(plans["network"]["d_desc"]) if uses_descriptor(features) else 0
     dim = d_desc + (INTENSITY_CHANNELS if features != "descriptor" else 0)
     cfg = {"condition": condition, "density": density, "features": features, "dim": dim,
            "cond_dim": cond_dim, "preset": plans["preset"], "intensity_prior": prior}
+    lo, hi = plans["intensity"]["window"]
+    if features == "structure":
+        cfg["structure_scale"] = float(hi - lo) / 100.0  # derivatives in 100 HU per voxel
+    if condition == "surround":
+        cfg["surround"] = {**SURROUND, "spacing_mm": [float(v) for v in plans["spacing"]], "centre": 0.5,
+                           "scale": float(hi - lo) / 100.0}
+    if condition == "histogram":
+        cfg["histogram"] = {**SHELL, "spacing_mm": [float(v) for v in plans["spacing"]],
+                            "centres": [(h - lo) / (hi - lo) for h in HISTOGRAM_BINS_HU]}
     if prior:
-        lo, hi = plans["intensity"]["window"]
         # the raw intensity is the first channel after the descriptor's; one bin per HU
         cfg.update(prior_channel=d_desc, prior_bins=max(1, int(round(hi - lo))))
     return cfg
@@ -263,7 +305,9 @@ def feature_extractor(cfg: dict, network) -> FeatureExtractor:
     descriptor / condition network, asked only for the stages ``cfg`` uses."""
     descriptor = network("descriptor") if uses_descriptor(scorer_features(cfg)) else None
     condition = network("condition") if cfg["condition"] == "masked" else None
-    return FeatureExtractor(descriptor, cfg["condition"], condition, cfg["cond_dim"], scorer_features(cfg))
+    features = scorer_features(cfg)
+    return FeatureExtractor(descriptor, cfg["condition"], condition, cfg["cond_dim"] - structure_dim(features), features,
+                            cfg.get("structure_scale", 1.0), cfg.get("surround"), cfg.get("histogram"))
 
 
 def build_density_model(cfg: dict) -> nn.Module:

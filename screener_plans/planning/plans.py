@@ -89,11 +89,13 @@ SCHEMA = {
     "steps.condition": (_pos_int, "a positive integer"),
     "steps.density": (_pos_int, "a positive integer"),
     "checkpoint_every": (_pos_int, "a positive integer"),
-    "density.kind": (lambda v: v in ("gaussian", "flow"), "'gaussian' or 'flow'"),
-    "density.condition": (lambda v: v in ("masked", "sincos", "none"), "'masked', 'sincos' or 'none'"),
-    "density.features": (lambda v: v in ("descriptor", "intensity", "descriptor+intensity"),
-                         "'descriptor', 'intensity' or 'descriptor+intensity'"),
+    "density.kind": (lambda v: v in ("gaussian", "flow", "mixture"), "'gaussian', 'flow' or 'mixture'"),
+    "density.condition": (lambda v: v in ("masked", "sincos", "none", "surround", "histogram"),
+                          "'masked', 'sincos', 'none', 'surround' or 'histogram'"),
+    "density.features": (lambda v: v in ("descriptor", "intensity", "descriptor+intensity", "structure"),
+                         "'descriptor', 'intensity', 'descriptor+intensity' or 'structure'"),
     "density.intensity_prior": (lambda v: isinstance(v, bool), "true or false"),
+    "density.trim": (lambda v: _num(v) and 0 <= v < 0.5, "a number in [0, 0.5)"),
     "density.batch_size": (_pos_int, "a positive integer"),
     "inference.overlap": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
     "inference.blend": (lambda v: v in ("gaussian", "constant"), "'gaussian' or 'constant'"),
@@ -132,6 +134,7 @@ DEFAULTS = {
     "network.windows_hu": [],
     "density.features": "descriptor",
     "density.intensity_prior": False,
+    "density.trim": 0.0,
 }
 
 

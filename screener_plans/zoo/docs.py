@@ -14,7 +14,7 @@ def model_card(meta: dict, plans: dict, calibration: dict | None) -> str:
     ds = plans.get("dataset", {})
     trained = meta["screener"].get("trained_steps") or {}
     steps = ", ".join(f"{stage} {'unknown' if n is None else n}" for stage, n in trained.items()) or "not recorded"
-    if "descriptor" not in trained and cfg.get("features", "descriptor") == "intensity":
+    if "descriptor" not in trained and cfg.get("features", "descriptor") in ("intensity", "structure"):
         steps += " (no descriptor stage: the scored features are the CT intensity)"
     changelog = "\n".join(f"- {v}: {text}" for v, text in meta.get("changelog", {}).items())
     threshold = (f"{calibration['threshold']:.4g} (quantile {calibration.get('quantile')} of training body-voxel "
@@ -25,14 +25,20 @@ def model_card(meta: dict, plans: dict, calibration: dict | None) -> str:
     stride = 2 ** (len(plans["network"]["channels"]) - 1)
     condition = {"masked": f"masking-invariant dense UNet ({cfg['cond_dim']} channels)",
                  "sincos": f"sin-cos encoding of each voxel's absolute position ({cfg['cond_dim']} channels)",
-                 "none": "none (marginal density)"}.get(cfg["condition"], cfg["condition"])
+                 "none": "none (marginal density)",
+                 "surround": "mean intensities of boxes 30 mm away in 14 directions (fixed filters)",
+                 "histogram": "soft histogram of the intensities 10-25 mm around each voxel (fixed filters)"}.get(
+        cfg["condition"], cfg["condition"])
     features = cfg.get("features", "descriptor")
     descriptor = (f"dense 3D UNet ({plans['preset']} preset, {plans['network']['d_desc']} channels), trained with "
                   f"{plans['loss']['kind']} on positive voxel pairs from overlapping crops")
     scored = {"descriptor": f"- descriptor: {descriptor}",
               "intensity": "- scored features: each voxel's CT intensity (window-scaled); no descriptor network",
               "descriptor+intensity": f"- scored features: descriptor ({descriptor}) and each voxel's CT intensity "
-                                      "(window-scaled)"}[features]
+                                      "(window-scaled)",
+              "structure": "- scored features: each voxel's CT intensity smoothed at one voxel, given its local "
+                           "Gaussian derivatives (gradient, Hessian; appended to the condition); no descriptor "
+                           "network"}[features]
     if cfg.get("intensity_prior"):
         scored += ("\n- intensity prior: -log p(HU) of each voxel under the training scans' body-voxel intensity "
                    "histogram is added to the density's NLL")
