@@ -158,6 +158,17 @@ def _density_run(tiny_run, run, stages):
     return run
 
 
+def _liver_ball(radius_mm: float = 12.0):
+    """A clean test phantom, its HU, each voxel's distance (mm) from a liver voxel, and the liver
+    voxels within ``radius_mm`` of it (where the tests plant a mass)."""
+    ph = make_phantom(404, lesions=False, shape=(96, 96, 48), spacing=(3.0, 3.0, 4.0))
+    clean = ph.hu.astype(np.float32)
+    liver = np.argwhere(ph.tissue == 6)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in clean.shape], indexing="ij"), -1)
+    dist = np.linalg.norm((grid - liver[len(liver) // 2]) * np.array(ph.spacing), axis=-1)
+    return ph, clean, dist, (dist < radius_mm) & (ph.tissue == 6)
+
+
 @pytest.mark.parametrize("features,density", [("intensity", "gaussian"), ("descriptor", "flow")],
                          ids=["masked-intensity-prior", "paper-descriptor-flow"])
 def test_density_scores_planted_anomaly_above_normal_tissue(tiny_run, tmp_path, features, density):
@@ -176,14 +187,8 @@ def test_density_scores_planted_anomaly_above_normal_tissue(tiny_run, tmp_path, 
     log = _log(run, "density")
     assert log[-1]["loss"] < log[0]["loss"]
     calibrate(run, device="cpu", max_cases=2)
-    ph = make_phantom(404, lesions=False, shape=(96, 96, 48), spacing=(3.0, 3.0, 4.0))
-    clean = ph.hu.astype(np.float32)
-    # plant a gas-filled ball (an abscess-like finding) inside the liver
-    liver = np.argwhere(ph.tissue == 6)
-    centre = liver[len(liver) // 2]
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in clean.shape], indexing="ij"), -1)
-    ball = (np.linalg.norm((grid - centre) * np.array(ph.spacing), axis=-1) < 12) & (ph.tissue == 6)
-    planted = clean.copy()
+    ph, clean, dist, ball = _liver_ball()
+    planted = clean.copy()  # plant a gas-filled ball (an abscess-like finding) inside the liver
     planted[ball] = -900.0
     import nibabel as nib
 
@@ -199,7 +204,7 @@ def test_density_scores_planted_anomaly_above_normal_tissue(tiny_run, tmp_path, 
     # the anomaly raises the score where it is, well above typical tissue, and only there
     assert maps["planted"][ball].mean() > 1.3 * maps["clean"][ball].mean()
     assert np.median(maps["planted"][ball]) > np.quantile(maps["clean"][body], 0.75)
-    far = body & (np.linalg.norm((grid - centre) * np.array(ph.spacing), axis=-1) > 60)
+    far = body & (dist > 60)
     assert abs(np.median(maps["planted"][far]) - np.median(maps["clean"][far])) < 0.05 * np.median(maps["clean"][far])
     regions = json.loads((tmp_path / "out" / "planted_regions.json").read_text())
     assert regions["case"] == "planted" and regions["threshold"] > 0
@@ -239,13 +244,7 @@ def test_default_structure_density_finds_a_flat_hyperdense_liver_mass(tiny_run, 
     log = _log(run, "density")
     assert np.mean([r["loss"] for r in log[-3:]]) < log[0]["loss"]
     calibrate(run, device="cpu", max_cases=2)
-    ph = make_phantom(404, lesions=False, shape=(96, 96, 48), spacing=(3.0, 3.0, 4.0))
-    clean = ph.hu.astype(np.float32)
-    liver = np.argwhere(ph.tissue == 6)
-    centre = liver[len(liver) // 2]
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in clean.shape], indexing="ij"), -1)
-    dist = np.linalg.norm((grid - centre) * np.array(ph.spacing), axis=-1)
-    ball = (dist < 12) & (ph.tissue == 6)
+    ph, clean, dist, ball = _liver_ball()
     planted = clean.copy()
     planted[ball] += 100.0
     inp = tmp_path / "in"
