@@ -105,7 +105,7 @@ class Screener:
             condition: density only: masked|sincos|none|surround|histogram (default: from plans.json).
             density: density only: gaussian|flow|mixture (default: from plans.json).
             resume: continue from the stage's newest checkpoint.
-            features: density only: descriptor|intensity|descriptor+intensity|structure (default: plans).
+            features: density only: descriptor|intensity|descriptor+intensity|structure|descriptor+structure (default: plans).
             intensity_prior: density only: true|false, add -log p(HU) (default: plans).
         """
         from screener_plans.bundle_runner import train_stage
@@ -173,7 +173,7 @@ class Screener:
             skip_bad: leave out unusable scans instead of stopping.
             workers: processes for reading and preprocessing (0: one per core, fewer if memory is short).
             set: override a plans value, key=value (repeatable).
-            features: what the density scores: descriptor|intensity|descriptor+intensity|structure (with
+            features: what the density scores: descriptor|intensity|descriptor+intensity|structure|descriptor+structure (with
                 intensity alone no descriptor is trained).
             intensity_prior: true|false: add -log p(HU) under the training scans' histogram.
         """

@@ -47,6 +47,14 @@ def test_structure_config_and_features():
     cond = torch.nn.Conv3d(2, 5, 1)
     y, c = FeatureExtractor(None, "masked", cond, 5, features="structure")(image, None, None)
     assert c.shape == (2, 5 + STRUCTURE_CHANNELS, 12, 10, 8)
+    # descriptor + structure: the descriptor's channels, then the smoothed value; the derivatives
+    # follow the condition
+    cfg = density_config({**_plans(), "network": {"d_desc": 3, "d_cond": 5}}, "masked", "flow", "descriptor+structure")
+    assert (cfg["dim"], cfg["cond_dim"], cfg["structure_scale"]) == (4, 5 + STRUCTURE_CHANNELS, 15.0)
+    desc = torch.nn.Conv3d(1, 3, 1)
+    y, c = FeatureExtractor(desc, "masked", cond, 5, features="descriptor+structure", structure_scale=15.0)(image, None, None)
+    assert y.shape == (2, 4, 12, 10, 8) and torch.equal(y[:, 3:], value)
+    assert torch.allclose(y[:, :3], desc(image)) and torch.equal(c[:, 5:], d)
     with pytest.raises(ScreenerError, match="density kind 'mix' unknown"):
         build_density("mix", 1, 0, preset="tiny")
 

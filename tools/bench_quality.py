@@ -38,9 +38,9 @@ DENSITIES = ("gaussian", "flow", "mixture")
 # descriptor (no suffix); "_intensity" / "_both" score the CT intensity / descriptor + intensity;
 # "_prior" adds the intensity prior.
 FEATURE_TAGS = {"descriptor": "", "intensity": "_intensity", "descriptor+intensity": "_both",
-                "structure": "_structure"}
+                "structure": "_structure", "descriptor+structure": "_descstructure"}
 PAPER_GRID = tuple(f"{c}_{d}" for d in ("gaussian", "flow") for c in ("none", "sincos", "masked"))  # Table 3
-SCREENER = PAPER_GRID + tuple(f"{c}_{d}{tag}{prior}" for tag in ("_intensity", "_both", "_structure")
+SCREENER = PAPER_GRID + tuple(f"{c}_{d}{tag}{prior}" for tag in ("_intensity", "_both", "_structure", "_descstructure")
                               for prior in ("", "_prior") for d in DENSITIES for c in CONDITIONS)
 VARIANTS = BASELINES + SCREENER  # table row order
 # run when --only is not given: the baselines, the paper's grid, and the intensity rows that
@@ -53,7 +53,8 @@ COND_NAMES = {"none": "none", "sincos": "sin-cos pos.", "masked": "masking-equiv
               "histogram": "shell histogram (10-25 mm)"}
 DENS_NAMES = {"gaussian": "Gaussian", "flow": "norm. flow", "mixture": "Gauss. mixture"}
 FEAT_NAMES = {"descriptor": "descriptor", "intensity": "CT intensity", "descriptor+intensity": "descriptor + CT intensity",
-              "structure": "CT intensity given local structure"}
+              "structure": "CT intensity given local structure",
+              "descriptor+structure": "descriptor + CT intensity given local structure"}
 
 
 def variant_name(condition: str, density: str, features: str = "descriptor", prior: bool = False) -> str:

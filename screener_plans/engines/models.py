@@ -23,7 +23,7 @@ DENSITIES = ("gaussian", "flow", "mixture")
 # intensity (window-scaled), both side by side, or "structure": the intensity smoothed at one
 # voxel, scored given its local Gaussian derivatives (appended to the condition; see
 # nets/structure.py).
-FEATURES = ("descriptor", "intensity", "descriptor+intensity", "structure")
+FEATURES = ("descriptor", "intensity", "descriptor+intensity", "structure", "descriptor+structure")
 INTENSITY_CHANNELS = 1
 STRUCTURE_SIGMA = 1.0  # voxels of the planned grid
 # the surround condition's box means: this far from the voxel (beyond masses of about that
@@ -165,12 +165,16 @@ def intensity_channels(image: torch.Tensor) -> torch.Tensor:
 
 
 def uses_descriptor(features: str) -> bool:
-    return features in ("descriptor", "descriptor+intensity")
+    return features in ("descriptor", "descriptor+intensity", "descriptor+structure")
 
 
 def structure_dim(features: str) -> int:
     """Condition channels the scored features add (the local derivatives of ``structure``)."""
-    return STRUCTURE_CHANNELS if features == "structure" else 0
+    return STRUCTURE_CHANNELS if uses_structure(features) else 0
+
+
+def uses_structure(features: str) -> bool:
+    return features in ("structure", "descriptor+structure")
 
 
 class FeatureExtractor(nn.Module):
@@ -202,25 +206,29 @@ class FeatureExtractor(nn.Module):
         self.surround = SurroundContext(**surround) if condition_kind == "surround" else None
         self.histogram = ShellHistogram(**histogram) if condition_kind == "histogram" else None
         self.cond_dim = cond_dim if condition_kind != "none" else 0
-        self.structure = LocalStructure(STRUCTURE_SIGMA, structure_scale) if features == "structure" else None
+        self.structure = LocalStructure(STRUCTURE_SIGMA, structure_scale) if uses_structure(features) else None
 
     def describe(self, image: torch.Tensor) -> torch.Tensor:
         """The scored features ``y`` (B, dim, X, Y, Z) of a crop."""
+        return self._scored(image)[0]
+
+    def _scored(self, image: torch.Tensor):
+        """(y, derivatives or None): the scored features and, with structure, the local derivatives."""
         if self.structure is not None:
-            return self.structure(image)[0]
+            value, derivatives = self.structure(image)
+            if self.descriptor is None:
+                return value, derivatives
+            return torch.cat([self.descriptor(image).float(), value], dim=1), derivatives
         parts = []
         if self.descriptor is not None:
             parts.append(self.descriptor(image))
         if self.intensity:
             # float32 even under autocast: the intensity prior bins these values per HU
             parts = [p.float() for p in parts] + [intensity_channels(image)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)), None
 
     def forward(self, image: torch.Tensor, origin_mm: torch.Tensor, spacing: torch.Tensor):
-        if self.structure is not None:
-            y, derivatives = self.structure(image)
-        else:
-            y, derivatives = self.describe(image), None
+        y, derivatives = self._scored(image)
         if self.condition is not None:
             c = self.condition(torch.cat([image, torch.zeros_like(image)], dim=1))
         elif self.sincos is not None:
@@ -275,7 +283,7 @@ def density_config(plans: dict, condition: str | None, density: str | None, feat
     cfg = {"condition": condition, "density": density, "features": features, "dim": dim,
            "cond_dim": cond_dim, "preset": plans["preset"], "intensity_prior": prior}
     lo, hi = plans["intensity"]["window"]
-    if features == "structure":
+    if uses_structure(features):
         cfg["structure_scale"] = float(hi - lo) / 100.0  # derivatives in 100 HU per voxel
     if condition == "surround":
         cfg["surround"] = {**SURROUND, "spacing_mm": [float(v) for v in plans["spacing"]], "centre": 0.5,

@@ -38,7 +38,9 @@ def model_card(meta: dict, plans: dict, calibration: dict | None) -> str:
                                       "(window-scaled)",
               "structure": "- scored features: each voxel's CT intensity smoothed at one voxel, given its local "
                            "Gaussian derivatives (gradient, Hessian; appended to the condition); no descriptor "
-                           "network"}[features]
+                           "network",
+              "descriptor+structure": f"- scored features: descriptor ({descriptor}) and each voxel's CT intensity "
+                                      "smoothed at one voxel, given the condition and the local Gaussian derivatives"}[features]
     if cfg.get("intensity_prior"):
         scored += ("\n- intensity prior: -log p(HU) of each voxel under the training scans' body-voxel intensity "
                    "histogram is added to the density's NLL")
