@@ -222,12 +222,14 @@ def test_train_without_stage_does_not_train_an_unused_descriptor(env, tmp_path, 
     from screener_plans.cli import _default_stage
 
     plans = json.loads((env["run"] / "plans.json").read_text())
-    assert plans["density"]["features"] == "structure"  # the tiny preset's default scorer
-    code, err = _run(["train", env["run"]], capsys)
+    assert plans["density"]["features"] == "descriptor+structure"  # the tiny preset's default scorer
+    assert _default_stage(env["run"]) == "descriptor"
+    structure_run = make_random_run(tmp_path / "s", plans, features="structure")
+    code, err = _run(["train", structure_run], capsys)
     assert code == 2
     line = _one_error_line(err)
     assert "uses no descriptor" in line and "--stage condition, then --stage density" in line, line  # masked
-    no_condition = make_random_run(tmp_path, plans, condition="none", density="mixture")
+    no_condition = make_random_run(tmp_path, plans, condition="none", density="mixture", features="structure")
     with pytest.raises(ScreenerError, match=r"to train: --stage density \(or"):
         _default_stage(no_condition)
     descriptor_run = make_random_run(tmp_path, plans, features="descriptor")
