@@ -22,7 +22,7 @@ DENSITIES = ("gaussian", "flow", "mixture")
 # What the density model scores: the learned descriptor (the paper), the voxel's own CT
 # intensity (window-scaled), both side by side, or "structure": the intensity smoothed at one
 # voxel, scored given its local Gaussian derivatives (appended to the condition; see
-# nets/structure.py).
+# nets/structure.py), or the descriptor and that smoothed intensity in one density.
 FEATURES = ("descriptor", "intensity", "descriptor+intensity", "structure", "descriptor+structure")
 INTENSITY_CHANNELS = 1
 STRUCTURE_SIGMA = 1.0  # voxels of the planned grid
