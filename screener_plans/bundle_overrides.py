@@ -44,8 +44,11 @@ def _command_arguments(command: str) -> set[str]:
 
 def _is_setting(value) -> bool:
     """A plain value a user is meant to set (not a component, reference or expression)."""
-    return value is None or isinstance(value, (bool, int, float)) or (
-        isinstance(value, str) and not value.startswith(("$", "@", "%")))
+    return (
+        value is None
+        or isinstance(value, (bool, int, float))
+        or (isinstance(value, str) and not value.startswith(("$", "@", "%")))
+    )
 
 
 def unknown_overrides(argv: list[str], command: str = "run") -> list[tuple[str, list[str], list[str]]]:
@@ -91,8 +94,10 @@ def refuse_unknown_overrides(argv: list[str] | None = None) -> None:
         return
     key, close, ids = found[0]
     hint = f"did you mean --{close[0]}? " if close else ""
-    sys.stderr.write(f"screener: error: --{key} is not a setting of this bundle; {hint}its settings: "
-                     f"{', '.join(ids)} (set SCREENER_ALLOW_NEW_IDS=1 to add new config ids on purpose)\n")
+    sys.stderr.write(
+        f"screener: error: --{key} is not a setting of this bundle; {hint}its settings: "
+        f"{', '.join(ids)} (set SCREENER_ALLOW_NEW_IDS=1 to add new config ids on purpose)\n"
+    )
     sys.stderr.flush()
     raise SystemExit(2)
 

@@ -18,15 +18,19 @@ def stage_started(run_dir, stage: str) -> bool:
 
 
 def bundles_root() -> Path:
-    """``$SCREENER_BUNDLES`` or the ``bundles/`` folder of the source checkout."""
+    """The bundle configs: ``$SCREENER_BUNDLES``, the ``bundles/`` folder of a source checkout
+    (editable install), or the copy a wheel carries as package data (``screener_plans/bundles``)."""
     env = os.environ.get("SCREENER_BUNDLES")
+    package = Path(__file__).resolve().parent
     candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parent.parent / "bundles")
+    candidates += [package.parent / "bundles", package / "bundles"]
     for c in candidates:
         if (c / "screener_descriptor" / "configs").is_dir():
             return c
-    raise ScreenerError("Screener's bundles/ folder was not found; install from a source checkout "
-                        "(pip install -e .) or set SCREENER_BUNDLES to the bundles folder")
+    raise ScreenerError(
+        f"Screener's bundle configs were not found (looked in {', '.join(map(str, candidates))}); "
+        "reinstall screener (pip install .) or set SCREENER_BUNDLES to a bundles folder"
+    )
 
 
 def bundle_dir(name: str) -> Path:
@@ -65,8 +69,12 @@ def run_bundle(name: str, config: str = "train.yaml", **overrides) -> None:
     sigint = signal.getsignal(signal.SIGINT) if main else None
     try:
         with root_logger_kept():
-            run(config_file=str(d / "configs" / config), meta_file=str(d / "configs" / "metadata.json"),
-                logging_file=str(d / "configs" / "logging.conf"), **overrides)
+            run(
+                config_file=str(d / "configs" / config),
+                meta_file=str(d / "configs" / "metadata.json"),
+                logging_file=str(d / "configs" / "logging.conf"),
+                **overrides,
+            )
     except Exception as e:
         found = find_screener_error(e)
         if found is not None:
@@ -77,8 +85,17 @@ def run_bundle(name: str, config: str = "train.yaml", **overrides) -> None:
             signal.signal(signal.SIGINT, sigint)
 
 
-def train_stage(run_dir, stage: str, max_steps=None, device=None, condition=None, density=None,
-                resume: bool = True, features=None, intensity_prior=None) -> Path:
+def train_stage(
+    run_dir,
+    stage: str,
+    max_steps=None,
+    device=None,
+    condition=None,
+    density=None,
+    resume: bool = True,
+    features=None,
+    intensity_prior=None,
+) -> Path:
     """Train one stage through its bundle; returns the path of its ``models/model.pt``."""
     if stage not in STAGE_BUNDLES:
         raise ScreenerError(f"--stage must be one of {', '.join(STAGE_BUNDLES)}, got {stage!r}")
@@ -86,8 +103,18 @@ def train_stage(run_dir, stage: str, max_steps=None, device=None, condition=None
     plans_file = run_dir / "plans.json"
     if not plans_file.exists():
         raise ScreenerError(f"{plans_file}: plans file not found (run `screener plan DATA_DIR {run_dir}` first)")
-    extra = ({"condition": condition, "density": density, "features": features, "intensity_prior": intensity_prior}
-             if stage == "density" else {})
-    run_bundle(STAGE_BUNDLES[stage], plans_file=str(plans_file), output_dir=str(run_dir / stage),
-               max_steps=max_steps, device=device, resume=resume, **extra)
+    extra = (
+        {"condition": condition, "density": density, "features": features, "intensity_prior": intensity_prior}
+        if stage == "density"
+        else {}
+    )
+    run_bundle(
+        STAGE_BUNDLES[stage],
+        plans_file=str(plans_file),
+        output_dir=str(run_dir / stage),
+        max_steps=max_steps,
+        device=device,
+        resume=resume,
+        **extra,
+    )
     return run_dir / stage / "models" / "model.pt"

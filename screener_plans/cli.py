@@ -25,8 +25,15 @@ class Screener:
     Typical use:  screener plan-and-train DATA_DIR RUN_DIR;  screener predict RUN_DIR INPUT OUT.
     """
 
-    def make_synthetic(self, out_dir, cases: int = 24, seed: int = 0, test_cases: int | None = None,
-                       overwrite: bool = False, family: str = "standard"):
+    def make_synthetic(
+        self,
+        out_dir,
+        cases: int = 24,
+        seed: int = 0,
+        test_cases: int | None = None,
+        overwrite: bool = False,
+        family: str = "standard",
+    ):
         """Write a synthetic CT data set: OUT_DIR/train (unlabeled), OUT_DIR/test/{images,labels}.
 
         Args:
@@ -42,13 +49,28 @@ class Screener:
         from screener_plans.data.synthetic import make_synthetic_dataset
 
         # counts are checked by make_synthetic_dataset, before anything is written
-        info = make_synthetic_dataset(out_dir, cases=cases, seed=seed, test_cases=test_cases,
-                                      overwrite=as_bool(overwrite, "overwrite"), family=family)
+        info = make_synthetic_dataset(
+            out_dir,
+            cases=cases,
+            seed=seed,
+            test_cases=test_cases,
+            overwrite=as_bool(overwrite, "overwrite"),
+            family=family,
+        )
         _echo(f"synthetic data set ready in {out_dir}")
         return _summary(info)
 
-    def plan(self, data_dir, run_dir, device: str = "auto", memory_gb: float | None = None, skip_bad: bool = False,
-             workers: int = 0, seed: int = 0, set=None):  # noqa: A002 - `--set key=value` is the public flag
+    def plan(
+        self,
+        data_dir,
+        run_dir,
+        device: str = "auto",
+        memory_gb: float | None = None,
+        skip_bad: bool = False,
+        workers: int = 0,
+        seed: int = 0,
+        set=None,
+    ):  # noqa: A002 - `--set key=value` is the public flag
         """Fingerprint DATA_DIR and write RUN_DIR/fingerprint.json and RUN_DIR/plans.json.
 
         Args:
@@ -65,14 +87,23 @@ class Screener:
 
         device, workers = check_device(device), as_number(workers, "workers", int, minimum=0)
         memory_gb, seed = as_number(memory_gb, "memory-gb", float, above=0), as_number(seed, "seed", int, minimum=0)
-        plans = plan(data_dir, run_dir, device=device, memory_gb=memory_gb, overrides=set,
-                     skip_bad=as_bool(skip_bad, "skip-bad"),
-                     workers=workers, seed=seed)
+        plans = plan(
+            data_dir,
+            run_dir,
+            device=device,
+            memory_gb=memory_gb,
+            overrides=set,
+            skip_bad=as_bool(skip_bad, "skip-bad"),
+            workers=workers,
+            seed=seed,
+        )
         for s in plans["dataset"].get("skipped", []):
             _echo(f"skipped {s['path']}: {s['problem']}")
-        _echo(f"planned {plans['dataset']['n_cases']} cases -> {run_dir}/plans.json "
-              f"(preset {plans['preset']}, device {plans['device']}, spacing {plans['spacing']}, "
-              f"crop {plans['crop_size']}, batch {plans['batch_size']}, window {plans['intensity']['window']})")
+        _echo(
+            f"planned {plans['dataset']['n_cases']} cases -> {run_dir}/plans.json "
+            f"(preset {plans['preset']}, device {plans['device']}, spacing {plans['spacing']}, "
+            f"crop {plans['crop_size']}, batch {plans['batch_size']}, window {plans['intensity']['window']})"
+        )
 
     def preprocess(self, run_dir, workers: int = 0, data_dir=None, skip_bad: bool = False):
         """Preprocess the planned cases into RUN_DIR/preprocessed (resumable).
@@ -85,16 +116,31 @@ class Screener:
         """
         from screener_plans.data.preprocess import preprocess
 
-        summary = preprocess(run_dir, data_dir=data_dir, workers=as_number(workers, "workers", int, minimum=0),
-                             skip_bad=as_bool(skip_bad, "skip-bad"))
+        summary = preprocess(
+            run_dir,
+            data_dir=data_dir,
+            workers=as_number(workers, "workers", int, minimum=0),
+            skip_bad=as_bool(skip_bad, "skip-bad"),
+        )
         for e in summary["errors"]:
             _echo(f"skipped {e['path']}: {e['problem']}")
-        _echo(f"preprocessed {summary['done']} case(s), {summary['cached']} already cached, "
-              f"{len(summary['errors'])} failed")
+        _echo(
+            f"preprocessed {summary['done']} case(s), {summary['cached']} already cached, "
+            f"{len(summary['errors'])} failed"
+        )
 
-    def train(self, run_dir, stage: str | None = None, max_steps: int | None = None, device: str | None = None,
-              condition: str | None = None, density: str | None = None, resume: bool = True,
-              features: str | None = None, intensity_prior=None):
+    def train(
+        self,
+        run_dir,
+        stage: str | None = None,
+        max_steps: int | None = None,
+        device: str | None = None,
+        condition: str | None = None,
+        density: str | None = None,
+        resume: bool = True,
+        features: str | None = None,
+        intensity_prior=None,
+    ):
         """Train one stage (descriptor|condition|density) through its MONAI bundle; resumes by default.
 
         Args:
@@ -112,9 +158,17 @@ class Screener:
 
         device = None if device is None else check_device(device)
         stage = _default_stage(run_dir) if stage is None else stage
-        path = train_stage(run_dir, stage, max_steps=max_steps, device=device, condition=condition,
-                           density=density, resume=as_bool(resume, "resume"), features=features,
-                           intensity_prior=intensity_prior)
+        path = train_stage(
+            run_dir,
+            stage,
+            max_steps=max_steps,
+            device=device,
+            condition=condition,
+            density=density,
+            resume=as_bool(resume, "resume"),
+            features=features,
+            intensity_prior=intensity_prior,
+        )
         _echo(f"{stage} model: {path}")
 
     def calibrate(self, run_dir, device: str = "auto", max_cases: int = 4):
@@ -127,12 +181,21 @@ class Screener:
         """
         from screener_plans.inference.predict import calibrate
 
-        result = calibrate(run_dir, device=check_device(device),
-                           max_cases=as_number(max_cases, "max-cases", int, minimum=1))
+        result = calibrate(
+            run_dir, device=check_device(device), max_cases=as_number(max_cases, "max-cases", int, minimum=1)
+        )
         _echo(f"threshold {result['threshold']:.4g} (quantile {result['quantile']}) -> {run_dir}/calibration.json")
 
-    def predict(self, run_dir, input, output_dir, device: str = "auto", skip_bad: bool = True,  # noqa: A002
-                overwrite: bool = False, torchscript=None):
+    def predict(
+        self,
+        run_dir,
+        input,
+        output_dir,
+        device: str = "auto",
+        skip_bad: bool = True,  # noqa: A002
+        overwrite: bool = False,
+        torchscript=None,
+    ):
         """Anomaly maps, regions and pictures for a CT file or folder (the inference bundle, wrapped).
 
         Args:
@@ -147,20 +210,43 @@ class Screener:
         from screener_plans.bundle_runner import run_bundle
 
         device = check_device(device)
-        run_bundle("screener_inference", "inference.yaml", run_dir=str(run_dir), input=str(input),
-                   output_dir=str(output_dir), device=device, skip_bad=as_bool(skip_bad, "skip-bad"),
-                   overwrite=as_bool(overwrite, "overwrite"),
-                   torchscript=torchscript)
+        run_bundle(
+            "screener_inference",
+            "inference.yaml",
+            run_dir=str(run_dir),
+            input=str(input),
+            output_dir=str(output_dir),
+            device=device,
+            skip_bad=as_bool(skip_bad, "skip-bad"),
+            overwrite=as_bool(overwrite, "overwrite"),
+            torchscript=torchscript,
+        )
+
+    def bundles(self):
+        """Print the folder holding the four bundles (for `python -m monai.bundle run --config_file ...`)."""
+        from screener_plans.bundle_runner import bundles_root
+
+        print(bundles_root())
 
     @property
     def zoo(self):
         """Share trained models: screener zoo publish|list|fetch|export (see `screener zoo --help`)."""
         return Zoo()
 
-    def plan_and_train(self, data_dir, run_dir, budget_minutes: float | None = None, device: str = "auto",
-                       condition: str | None = None, density: str | None = None, skip_bad: bool = False,
-                       workers: int = 0, set=None, features: str | None = None,  # noqa: A002
-                       intensity_prior=None):
+    def plan_and_train(
+        self,
+        data_dir,
+        run_dir,
+        budget_minutes: float | None = None,
+        device: str = "auto",
+        condition: str | None = None,
+        density: str | None = None,
+        skip_bad: bool = False,
+        workers: int = 0,
+        set=None,
+        features: str | None = None,  # noqa: A002
+        intensity_prior=None,
+    ):
         """Plan, preprocess, train the stages the density needs, calibrate. Re-running resumes.
 
         Args:
@@ -179,15 +265,24 @@ class Screener:
         """
         from screener_plans.pipeline import plan_and_train
 
-        plan_and_train(data_dir, run_dir, budget_minutes=as_number(budget_minutes, "budget-minutes", float, above=0),
-                       device=check_device(device), condition=condition, density=density,
-                       skip_bad=as_bool(skip_bad, "skip-bad"), overrides=set,
-                       workers=as_number(workers, "workers", int, minimum=0), features=features,
-                       intensity_prior=intensity_prior)
+        plan_and_train(
+            data_dir,
+            run_dir,
+            budget_minutes=as_number(budget_minutes, "budget-minutes", float, above=0),
+            device=check_device(device),
+            condition=condition,
+            density=density,
+            skip_bad=as_bool(skip_bad, "skip-bad"),
+            overrides=set,
+            workers=as_number(workers, "workers", int, minimum=0),
+            features=features,
+            intensity_prior=intensity_prior,
+        )
         _echo(f"trained run ready: {run_dir}  (next: screener predict {run_dir} INPUT OUTPUT_DIR)")
 
-    def demo(self, out_dir="screener_demo", budget_minutes: float = 10.5, cases: int | None = None,
-             device: str = "auto"):
+    def demo(
+        self, out_dir="screener_demo", budget_minutes: float = 10.5, cases: int | None = None, device: str = "auto"
+    ):
         """Synthetic data -> plan-and-train -> predict -> evaluate; prints metrics and picture paths.
 
         Args:
@@ -198,8 +293,14 @@ class Screener:
         """
         from screener_plans.demo import run_demo
 
-        print(run_demo(out_dir, budget_minutes=as_number(budget_minutes, "budget-minutes", float, above=0),
-                       cases=as_number(cases, "cases", int, minimum=2), device=check_device(device)))
+        print(
+            run_demo(
+                out_dir,
+                budget_minutes=as_number(budget_minutes, "budget-minutes", float, above=0),
+                cases=as_number(cases, "cases", int, minimum=2),
+                device=check_device(device),
+            )
+        )
 
     def evaluate(self, pred_dir, labels_dir, mask_dir=None, output=None, only_predicted: bool = False):
         """Print AUROC, AUROC@FPR0.3 and AUPRO@FPR0.3 (pooled and per case) as JSON.
@@ -229,8 +330,9 @@ class Screener:
 class Zoo:
     """Model zoo: ZOO is a folder, a file:// URL or an http(s):// URL holding model_info.json and NAME_vX.Y.Z.zip."""
 
-    def publish(self, run_dir, zoo, name, version, force: bool = False, changelog: str | None = None,
-                torchscript: bool = False):
+    def publish(
+        self, run_dir, zoo, name, version, force: bool = False, changelog: str | None = None, torchscript: bool = False
+    ):
         """Package a trained run as ZOO/NAME_vVERSION.zip (a MONAI bundle) and add it to ZOO/model_info.json.
 
         Args:
@@ -244,10 +346,19 @@ class Zoo:
         """
         from screener_plans.zoo import publish
 
-        entry = publish(run_dir, zoo, name, version, force=as_bool(force, "force"), changelog=changelog,
-                        torchscript=as_bool(torchscript, "torchscript"))
-        _echo(f"published {entry['name']}@{entry['version']} -> {zoo}/{entry['source']} "
-              f"(sha256 {entry['checksum'][:12]}...)")
+        entry = publish(
+            run_dir,
+            zoo,
+            name,
+            version,
+            force=as_bool(force, "force"),
+            changelog=changelog,
+            torchscript=as_bool(torchscript, "torchscript"),
+        )
+        _echo(
+            f"published {entry['name']}@{entry['version']} -> {zoo}/{entry['source']} "
+            f"(sha256 {entry['checksum'][:12]}...)"
+        )
 
     def list(self, zoo, name=None):  # noqa: A003 - `screener zoo list` is the public command
         """The zoo's models and versions (latest marked).
@@ -306,7 +417,7 @@ def _collect_repeated(argv: list[str], flag: str) -> tuple[list[str], list[str]]
             i += 2
             continue
         if a.startswith(flag + "="):
-            values.append(a[len(flag) + 1:])
+            values.append(a[len(flag) + 1 :])
         else:
             rest.append(a)
         i += 1
@@ -325,9 +436,11 @@ def _default_stage(run_dir) -> str:
     if stages[0] == "descriptor":
         return "descriptor"
     order = ", then ".join(f"--stage {s}" for s in stages)
-    raise ScreenerError(f"{run_dir}: this run's scorer uses no descriptor (density.features={features}, "
-                        f"density.condition={d['condition']}); name the stage to train: {order} "
-                        "(or `screener plan-and-train` for every stage)")
+    raise ScreenerError(
+        f"{run_dir}: this run's scorer uses no descriptor (density.features={features}, "
+        f"density.condition={d['condition']}); name the stage to train: {order} "
+        "(or `screener plan-and-train` for every stage)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -377,7 +490,7 @@ def check_flags(argv: list[str]) -> None:
         return  # no command, or an unknown one: fire says so without running anything
     words, function = found
     params = [p for p in inspect.signature(function).parameters if p != "self"]
-    for token in argv[len(words):]:
+    for token in argv[len(words) :]:
         if token == "--":  # fire's own flags follow, e.g. `-- --help`
             return
         if not token.startswith("--") or token in ("--help", "--helpfull"):
@@ -385,8 +498,9 @@ def check_flags(argv: list[str]) -> None:
         name = token[2:].split("=", 1)[0].replace("-", "_")
         if name not in params and not (name.startswith("no") and name[2:] in params):
             options = ", ".join("--" + p.replace("_", "-") for p in params)
-            raise ScreenerError(f"unknown option {token.split('=', 1)[0]} for `screener {' '.join(words)}` "
-                                f"(its options: {options})")
+            raise ScreenerError(
+                f"unknown option {token.split('=', 1)[0]} for `screener {' '.join(words)}` (its options: {options})"
+            )
 
 
 def _run_command(fire, argv: list[str]) -> int:

@@ -42,13 +42,17 @@ def write_body_masks(images_dir: Path, out_dir: Path) -> Path:
 def format_table(result: dict) -> str:
     m = result["metrics"]
     rows = ["| metric | value |", "|---|---|"]
-    rows += [f"| AUROC | {m['auroc']:.3f} |", f"| AUROC up to FPR 0.3 | {m['auroc_fpr03']:.3f} |",
-             f"| AUPRO up to FPR 0.3 | {m['aupro_fpr03']:.3f} |"]
+    rows += [
+        f"| AUROC | {m['auroc']:.3f} |",
+        f"| AUROC up to FPR 0.3 | {m['auroc_fpr03']:.3f} |",
+        f"| AUPRO up to FPR 0.3 | {m['aupro_fpr03']:.3f} |",
+    ]
     return "\n".join(rows)
 
 
-def run_demo(out_dir="screener_demo", budget_minutes: float = 10.5, cases: int | None = None,
-             device: str = "auto") -> str:
+def run_demo(
+    out_dir="screener_demo", budget_minutes: float = 10.5, cases: int | None = None, device: str = "auto"
+) -> str:
     """Run the demo end to end in ``out_dir``; returns the report printed to the console."""
     from screener_plans.data.synthetic import make_synthetic_dataset
     from screener_plans.inference.predict import predict
@@ -71,9 +75,15 @@ def run_demo(out_dir="screener_demo", budget_minutes: float = 10.5, cases: int |
     write_json(out / "metrics.json", result)
     pictures = sorted(str(p) for p in preds.glob("*.png"))
     minutes = (time.monotonic() - t0) / 60
-    lines = [f"Screener demo finished in {minutes:.1f} min ({out})", "",
-             "Voxel-level metrics inside the body on held-out synthetic test scans:", format_table(result), "",
-             f"anomaly maps and regions: {preds}", "pictures:"] + [f"  {p}" for p in pictures]
+    lines = [
+        f"Screener demo finished in {minutes:.1f} min ({out})",
+        "",
+        "Voxel-level metrics inside the body on held-out synthetic test scans:",
+        format_table(result),
+        "",
+        f"anomaly maps and regions: {preds}",
+        "pictures:",
+    ] + [f"  {p}" for p in pictures]
     lines += ["", f"metrics (with per-case numbers): {out / 'metrics.json'}"]
     return "\n".join(lines)
 

@@ -56,8 +56,10 @@ def keep_freed_memory(mmap_threshold_mb: int = 256) -> bool:
 
         libc = ctypes.CDLL("libc.so.6")
         # older glibc refuses mmap thresholds above 32 MiB; that still covers a window's activations
-        ok = (any(libc.mallopt(_M_MMAP_THRESHOLD, mb << 20) == 1 for mb in (int(mmap_threshold_mb), 32))
-              and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1)
+        ok = (
+            any(libc.mallopt(_M_MMAP_THRESHOLD, mb << 20) == 1 for mb in (int(mmap_threshold_mb), 32))
+            and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+        )
     except (OSError, AttributeError):
         return False
     _kept = ok

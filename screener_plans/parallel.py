@@ -14,10 +14,10 @@ import multiprocessing as mp
 import os
 import signal
 import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from multiprocessing import forkserver
-from typing import Callable, Iterable
 
 PRELOAD = ["monai.transforms", "screener_plans.data.preprocess", "screener_plans.planning.fingerprint"]
 CASES_PER_WORKER = 8
@@ -102,7 +102,7 @@ def map_cases(fn: Callable, items: Iterable, workers: int, on_result: Callable, 
     for start in range(0, len(items), chunk):
         pool = case_pool(workers)
         try:
-            futures = {pool.submit(fn, item): item for item in items[start:start + chunk]}
+            futures = {pool.submit(fn, item): item for item in items[start : start + chunk]}
             for fut in as_completed(futures):
                 item = futures[fut]
                 try:

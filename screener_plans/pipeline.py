@@ -1,7 +1,8 @@
 """`screener plan-and-train`: plan, preprocess, train the three stages and calibrate, resumably.
 
 With ``--budget-minutes`` the steps per stage are set from measured step times so the whole run
-ends within the budget on this machine; the chosen steps are written into ``plans.json`` so a
+ends within the budget on this machine (the plan's steps, all scaled by one factor); the chosen
+steps are written into ``plans.json`` so a
 re-run resumes with the same schedule.
 """
 
@@ -16,7 +17,6 @@ from screener_plans.errors import ScreenerError
 
 logger = logging.getLogger("screener")
 
-STAGE_SHARE = {"descriptor": 0.42, "condition": 0.33, "density": 0.25}
 STAGE_OVERHEAD_S = 12.0  # bundle start-up, data workers, final save
 MAX_STEPS = 200_000
 CALIBRATION_RESERVE_S = 30.0  # calibration and the density stage's first-batch initialisation
@@ -27,8 +27,27 @@ def stages_for(condition: str, features: str = "descriptor") -> list[str]:
     """The stages a density with this condition and these features is trained on, in order."""
     from screener_plans.engines.models import uses_descriptor
 
-    return ((["descriptor"] if uses_descriptor(features) else []) + (["condition"] if condition == "masked" else [])
-            + ["density"])
+    return (
+        (["descriptor"] if uses_descriptor(features) else [])
+        + (["condition"] if condition == "masked" else [])
+        + ["density"]
+    )
+
+
+def scale_steps(planned: dict, step_seconds: dict, seconds_left: float) -> dict:
+    """The planned steps of each stage, all scaled by one factor so that together they fit ``seconds_left``.
+
+    Time is split in the proportions of the plan (steps x measured step time), not by fixed
+    shares: a slow density (a flow on descriptor features) keeps its planned share of the steps
+    instead of being starved by a share sized for a cheap one.
+    """
+    planned_s = sum(planned[s] * step_seconds[s] for s in planned)
+    usable = max(0.0, seconds_left - STAGE_OVERHEAD_S * len(planned))
+    factor = usable / planned_s if planned_s > 0 else 0.0
+    return {
+        s: {"steps": int(min(MAX_STEPS, max(20, planned[s] * factor))), "step_seconds": round(step_seconds[s], 4)}
+        for s in planned
+    }
 
 
 def budget_steps(run_dir: Path, plans: dict, stages: list[str], seconds_left: float, device) -> dict:
@@ -38,34 +57,39 @@ def budget_steps(run_dir: Path, plans: dict, stages: list[str], seconds_left: fl
     todo = [s for s in stages if not stage_started(run_dir, s)]
     if not todo:
         return {}
-    share = sum(STAGE_SHARE[s] for s in todo)
-    out = {}
+    seconds = {}
     for s in todo:
         logger.info("measuring %s step time for the budget", s)
-        t = measure_step_seconds(run_dir, plans, s, device)
-        budget = max(0.0, seconds_left * STAGE_SHARE[s] / share - STAGE_OVERHEAD_S)
-        out[s] = {"steps": int(min(MAX_STEPS, max(20, budget / t))), "step_seconds": round(t, 4)}
-    return out
+        seconds[s] = measure_step_seconds(run_dir, plans, s, device)
+    return scale_steps({s: max(1, int(plans["steps"][s])) for s in todo}, seconds, seconds_left)
 
 
-def _apply_budget(run_dir: Path, plans: dict, stages: list[str], budget_minutes: float, elapsed: float,
-                  device: str) -> None:
+def _apply_budget(
+    run_dir: Path, plans: dict, stages: list[str], budget_minutes: float, elapsed: float, device: str
+) -> None:
     """Set the steps of the stages not started yet so that the run fits ``budget_minutes``."""
     left = budget_minutes * 60 - elapsed - CALIBRATION_RESERVE_S
     if left <= MIN_TRAINING_S:
-        raise ScreenerError(f"--budget-minutes {budget_minutes:g} leaves no time for training after "
-                            "planning and preprocessing")
+        raise ScreenerError(
+            f"--budget-minutes {budget_minutes:g} leaves no time for training after planning and preprocessing"
+        )
     chosen = budget_steps(run_dir, plans, stages, left * 0.93, device if device != "auto" else None)
     if not chosen:
-        logger.info("budget %g min not applied: every stage was trained or started by an earlier run, "
-                    "whose steps stay (%s)", budget_minutes, ", ".join(f"{s} {plans['steps'][s]}" for s in stages))
+        logger.info(
+            "budget %g min not applied: every stage was trained or started by an earlier run, whose steps stay (%s)",
+            budget_minutes,
+            ", ".join(f"{s} {plans['steps'][s]}" for s in stages),
+        )
         return
     for stage, info in chosen.items():
         plans["steps"][stage] = info["steps"]
         plans.setdefault("overrides", {})[f"steps.{stage}"] = f"budget {budget_minutes:g} min"
     plans["budget"] = {"minutes": budget_minutes, **chosen}
-    logger.info("budget %g min: steps %s", budget_minutes,
-                ", ".join(f"{s} {v['steps']} ({v['step_seconds']:.2f} s/step)" for s, v in chosen.items()))
+    logger.info(
+        "budget %g min: steps %s",
+        budget_minutes,
+        ", ".join(f"{s} {v['steps']} ({v['step_seconds']:.2f} s/step)" for s, v in chosen.items()),
+    )
 
 
 def _refuse_changed_overrides(plans: dict, overrides, plans_file: Path) -> None:
@@ -79,14 +103,26 @@ def _refuse_changed_overrides(plans: dict, overrides, plans_file: Path) -> None:
         except KeyError:
             current = None
         if current != value:
-            raise ScreenerError(f"{plans_file}: the run was planned with {key}={current!r}; --set {key}={value!r} "
-                                "would not apply to it: plan into a new run folder (or delete plans.json and "
-                                "what was trained with it)")
+            raise ScreenerError(
+                f"{plans_file}: the run was planned with {key}={current!r}; --set {key}={value!r} "
+                "would not apply to it: plan into a new run folder (or delete plans.json and "
+                "what was trained with it)"
+            )
 
 
-def plan_and_train(data_dir, run_dir, budget_minutes: float | None = None, device: str = "auto",
-                   condition: str | None = None, density: str | None = None, skip_bad: bool = False,
-                   overrides=None, workers: int = 0, features: str | None = None, intensity_prior=None) -> dict:
+def plan_and_train(
+    data_dir,
+    run_dir,
+    budget_minutes: float | None = None,
+    device: str = "auto",
+    condition: str | None = None,
+    density: str | None = None,
+    skip_bad: bool = False,
+    overrides=None,
+    workers: int = 0,
+    features: str | None = None,
+    intensity_prior=None,
+) -> dict:
     """Everything from a folder of CTs to a calibrated, trained run; re-running resumes."""
     from screener_plans.bundle_runner import train_stage
     from screener_plans.data.preprocess import preprocess
@@ -118,8 +154,11 @@ def plan_and_train(data_dir, run_dir, budget_minutes: float | None = None, devic
         if earlier.get("minutes") == budget_minutes and all(s in earlier for s in stages):
             # a re-run (after Ctrl-C, say) goes on with the first run's schedule, rather than
             # giving the stages left a whole new budget
-            logger.info("budget %g min: going on with the steps chosen by the first run (%s)", budget_minutes,
-                        ", ".join(f"{s} {plans['steps'][s]}" for s in stages))
+            logger.info(
+                "budget %g min: going on with the steps chosen by the first run (%s)",
+                budget_minutes,
+                ", ".join(f"{s} {plans['steps'][s]}" for s in stages),
+            )
         else:
             _apply_budget(run_dir, plans, stages, budget_minutes, time.monotonic() - t0, device)
     save_plans(plans, plans_file)

@@ -20,8 +20,9 @@ class Progress:
     Items found already done (``skip``) count toward the total but not toward the rate.
     """
 
-    def __init__(self, total: int, label: str, unit: str = "cases", stream=None, interval: float = 1.0,
-                 enabled: bool = True):
+    def __init__(
+        self, total: int, label: str, unit: str = "cases", stream=None, interval: float = 1.0, enabled: bool = True
+    ):
         self.total, self.label, self.unit = total, label, unit
         self.stream = stream or sys.stderr
         self.interval, self.enabled = interval, enabled and total > 0
@@ -47,8 +48,10 @@ class Progress:
         eta = (self.total - self.n) / rate if rate > 0 else 0.0
         # with nothing worked on yet (all done by an earlier run, so far) a rate would read 0.00
         speed = f"{rate:.2f} {self.unit}/s" if worked else f"{self.skipped} already done"
-        line = (f"{self.label} {self.n}/{self.total} [{100 * self.n / self.total:3.0f}%] "
-                f"{speed} elapsed {_fmt(elapsed)} ETA {_fmt(eta)}{(' ' + extra) if extra else ''}")
+        line = (
+            f"{self.label} {self.n}/{self.total} [{100 * self.n / self.total:3.0f}%] "
+            f"{speed} elapsed {_fmt(elapsed)} ETA {_fmt(eta)}{(' ' + extra) if extra else ''}"
+        )
         if self._tty:
             self.stream.write("\r" + line + ("\n" if self.n >= self.total else ""))
         else:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from conftest import oblique_affine, ras_affine, simple_ct, write_nifti, write_raw_pixdim
 from dicom_utils import write_dicom_series
 
@@ -80,6 +79,23 @@ def write_corpus(root: Path) -> dict[str, Entry]:
     return out
 
 
-BAD = ["empty", "truncated", "garbage", "wrong_extension", "mislabeled", "not_nifti", "unreadable", "2d", "4d", "constant", "nan",
-       "inf", "mri_like", "spacing_50mm", "spacing_zero", "spacing_negative", "dicom_no_rescale"]
+BAD = [
+    "empty",
+    "truncated",
+    "garbage",
+    "wrong_extension",
+    "mislabeled",
+    "not_nifti",
+    "unreadable",
+    "2d",
+    "4d",
+    "constant",
+    "nan",
+    "inf",
+    "mri_like",
+    "spacing_50mm",
+    "spacing_zero",
+    "spacing_negative",
+    "dicom_no_rescale",
+]
 VALID = ["good", "dicom_mixed_series", "oblique"]

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-import pytest
-
 # MONAI's module loggers (monai.bundle.scripts, ...) bind the sys.stdout of their import: import
 # them here, under pytest's session-wide stream, not inside a test whose capsys stream then closes.
 import monai.bundle  # noqa: F401,E402
+import nibabel as nib
+import numpy as np
+import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -91,8 +90,12 @@ def ct_folder(tmp_path):
     """A folder of four small NIfTI CTs with varying spacing and shape."""
     d = tmp_path / "data"
     d.mkdir()
-    specs = [((48, 40, 24), (1.5, 1.5, 2.5)), ((52, 44, 20), (1.4, 1.4, 3.0)),
-             ((44, 40, 28), (1.6, 1.6, 2.0)), ((48, 44, 24), (1.5, 1.5, 2.5))]
+    specs = [
+        ((48, 40, 24), (1.5, 1.5, 2.5)),
+        ((52, 44, 20), (1.4, 1.4, 3.0)),
+        ((44, 40, 28), (1.6, 1.6, 2.0)),
+        ((48, 44, 24), (1.5, 1.5, 2.5)),
+    ]
     for i, (shape, spacing) in enumerate(specs):
         write_nifti(d / f"case_{i}.nii.gz", simple_ct(shape, seed=i), ras_affine(spacing))
     return d

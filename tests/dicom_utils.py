@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 
-def write_dicom_series(folder, hu, spacing=(1.0, 1.0, 2.0), series_uid=None, modality="CT", rescale=True,
-                       study_uid="1.2.826.0.1.3680043.8.498.1"):
+def write_dicom_series(
+    folder,
+    hu,
+    spacing=(1.0, 1.0, 2.0),
+    series_uid=None,
+    modality="CT",
+    rescale=True,
+    study_uid="1.2.826.0.1.3680043.8.498.1",
+):
     """Write HU volume (X, Y, Z) as one slice per file; rows run along Y, columns along X (LPS)."""
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset

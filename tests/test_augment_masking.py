@@ -55,8 +55,10 @@ def test_augment_p0_is_identity_and_each_op_acts():
     blurred = ColorAugment(p=1.0, **{**off, "blur_sigma": (1.0, 1.0)})(crop, np.random.default_rng(1))
     assert np.abs(np.diff(blurred, axis=1)).mean() < 0.7 * np.abs(np.diff(crop, axis=1)).mean()
     # sharpening (chosen with even odds against blur) increases local differences
-    sharp = [ColorAugment(p=1.0, **{**off, "blur_sigma": (1.0, 1.0), "sharpen": (1.0, 1.0)})(crop, np.random.default_rng(s))
-             for s in range(8)]
+    sharp = [
+        ColorAugment(p=1.0, **{**off, "blur_sigma": (1.0, 1.0), "sharpen": (1.0, 1.0)})(crop, np.random.default_rng(s))
+        for s in range(8)
+    ]
     rough = [np.abs(np.diff(x, axis=1)).mean() / np.abs(np.diff(crop, axis=1)).mean() for x in sharp]
     assert max(rough) > 1.3 and min(rough) < 0.7
 
@@ -91,8 +93,9 @@ def test_block_mask_fraction_and_structure():
     assert block_boundaries_share_residue(m, 24) and 0.3 < m.mean() < 0.9
     assert block_mask((16, 16, 16), (4, 8, 2), 0.0, rng).sum() == 0
     assert block_mask((16, 16, 16), (4, 8, 2), 1.0, rng).all()
-    np.testing.assert_array_equal(block_mask((20,) * 3, 6, 0.5, np.random.default_rng(3)),
-                                  block_mask((20,) * 3, 6, 0.5, np.random.default_rng(3)))
+    np.testing.assert_array_equal(
+        block_mask((20,) * 3, 6, 0.5, np.random.default_rng(3)), block_mask((20,) * 3, 6, 0.5, np.random.default_rng(3))
+    )
     with pytest.raises(ScreenerError):
         block_mask((8, 8, 8), 4, 1.5, rng)
 

@@ -41,8 +41,9 @@ def test_synthetic_cases_are_regenerated_from_their_seeds(tool, tmp_path):
 
     from screener_plans.data.synthetic import make_synthetic_dataset
 
-    make_synthetic_dataset(tmp_path, cases=4, seed=3, test_cases=2, progress=False, shape=(72, 72, 40),
-                           spacing=(4.5, 4.5, 5.0))
+    make_synthetic_dataset(
+        tmp_path, cases=4, seed=3, test_cases=2, progress=False, shape=(72, 72, 40), spacing=(4.5, 4.5, 5.0)
+    )
     groups = tool.load_groups(tmp_path, None)
     assert len(groups["cases"]) == 2
     for case, g in groups["cases"].items():

@@ -10,10 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from bad_inputs import BAD, SPACING, VALID, write_corpus
 from conftest import ras_affine, simple_ct, write_nifti
 from run_utils import make_random_run
+
 from screener_plans.cli import main
 from screener_plans.errors import ScreenerError
 
@@ -26,8 +26,14 @@ def env(tmp_path_factory):
     corpus = write_corpus(root / "corpus")
     from screener_plans.planning.planner import plan
 
-    plans = plan(corpus["good"].folder, root / "planned", device="cpu", workers=1, progress=False,
-                 overrides={"crop_size": [16, 16, 16], "spacing": [4.0, 4.0, 4.0], "inference.sw_batch_size": 8})
+    plans = plan(
+        corpus["good"].folder,
+        root / "planned",
+        device="cpu",
+        workers=1,
+        progress=False,
+        overrides={"crop_size": [16, 16, 16], "spacing": [4.0, 4.0, 4.0], "inference.sw_batch_size": 8},
+    )
     run = make_random_run(root, plans)
     yield {"root": root, "corpus": corpus, "run": run}
     torch.set_num_threads(threads)
@@ -135,9 +141,16 @@ def test_predict_single_bad_file(env, tmp_path, capsys):
 
 
 # Prediction files that `evaluate` must refuse, with the problem it must name.
-EVAL_BAD = {"empty": "cannot read NIfTI", "truncated": "cannot read", "garbage": "cannot read NIfTI",
-            "not_nifti": "cannot read NIfTI", "unreadable": "cannot be read", "2d": "shape mismatch",
-            "4d": "shape mismatch", "nan": "NaN"}
+EVAL_BAD = {
+    "empty": "cannot read NIfTI",
+    "truncated": "cannot read",
+    "garbage": "cannot read NIfTI",
+    "not_nifti": "cannot read NIfTI",
+    "unreadable": "cannot be read",
+    "2d": "shape mismatch",
+    "4d": "shape mismatch",
+    "nan": "NaN",
+}
 
 
 @pytest.mark.parametrize("kind", sorted(EVAL_BAD))
@@ -182,8 +195,21 @@ def test_mixed_folder_good_cases_go_through_with_skip_bad(env, tmp_path, capsys)
     run = tmp_path / "run"
     code, err = _run(["plan", mixed, run, "--workers", 1], capsys)
     assert code == 2 and "--skip-bad" in _one_error_line(err)
-    code, err = _run(["plan", mixed, run, "--workers", 1, "--skip-bad", "--set", "crop_size=[16, 16, 16]",
-                      "--set", "spacing=[4.0, 4.0, 4.0]"], capsys)
+    code, err = _run(
+        [
+            "plan",
+            mixed,
+            run,
+            "--workers",
+            1,
+            "--skip-bad",
+            "--set",
+            "crop_size=[16, 16, 16]",
+            "--set",
+            "spacing=[4.0, 4.0, 4.0]",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "planned 2 cases" in err and err.count("skipped ") == 6
     code, err = _run(["preprocess", run, "--workers", 1], capsys)
@@ -194,8 +220,9 @@ def test_mixed_folder_good_cases_go_through_with_skip_bad(env, tmp_path, capsys)
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["good.nii.gz", "oblique.nii.gz"]
     assert "scored 2 case(s)" in err and err.count("skipped /") >= 6
     # "false" as typed in a shell (fire passes it as text; bool("false") would be True)
-    code, err = _run(["predict", env["run"], mixed, tmp_path / "out2", "--device", "cpu", "--skip-bad", "false"],
-                     capsys)
+    code, err = _run(
+        ["predict", env["run"], mixed, tmp_path / "out2", "--device", "cpu", "--skip-bad", "false"], capsys
+    )
     line = _one_error_line(err)
     assert code == 2 and f"{mixed}/wrong_extension.img: unsupported format" in line, line
     code, err = _run(["predict", env["run"], mixed, tmp_path / "out2", "--overwrite", "maybe"], capsys)

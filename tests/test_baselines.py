@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from screener_plans.baselines import (IntensityBaseline, autoencoder_path, autoencoder_scorer, build_autoencoder,
-                                      intensity_path, load_autoencoder, train_autoencoder)
+from screener_plans.baselines import (
+    IntensityBaseline,
+    autoencoder_path,
+    autoencoder_scorer,
+    build_autoencoder,
+    intensity_path,
+    load_autoencoder,
+    train_autoencoder,
+)
 from screener_plans.baselines.autoencoder import crop_batch, gaussian_smooth, reconstruction_loss
 from screener_plans.baselines.intensity import bin_index
 from screener_plans.data.dataset import CaseCache
@@ -23,15 +30,18 @@ def tiny_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("baselines")
     make_synthetic_dataset(d / "data", cases=3, test_cases=1, shape=(48, 48, 24), spacing=(4, 4, 6), progress=False)
     run = d / "run"
-    plans = plan(d / "data" / "train", run, device="cpu", overrides=["crop_size=[16,16,16]"], workers=1,
-                 progress=False)
+    plans = plan(d / "data" / "train", run, device="cpu", overrides=["crop_size=[16,16,16]"], workers=1, progress=False)
     preprocess(run, plans=plans, workers=1, progress=False)
     return run, plans, d / "data"
 
 
 def body_values(run, plans):
-    return np.concatenate([np.asarray(img, dtype=np.float32)[np.asarray(mask) > 0]
-                           for img, mask, _ in (load_case(run, n) for n in cached_cases(run, plans))])
+    return np.concatenate(
+        [
+            np.asarray(img, dtype=np.float32)[np.asarray(mask) > 0]
+            for img, mask, _ in (load_case(run, n) for n in cached_cases(run, plans))
+        ]
+    )
 
 
 def test_intensity_histogram_is_the_body_voxel_density(tiny_run):
@@ -83,7 +93,8 @@ def test_intensity_baseline_plugs_into_predictor(tiny_run, tmp_path):
     run, plans, data = tiny_run
     scorer = IntensityBaseline.fit(run, plans).scorer()
     summary = Predictor(run, plans, scorer, "cpu", threshold=None, skip_bad=False, progress=False).run(
-        data / "test" / "images", tmp_path / "preds")
+        data / "test" / "images", tmp_path / "preds"
+    )
     assert len(summary["done"]) == 1 and not summary["errors"]
     case = summary["done"][0]["case"]
     src = nib.load(str(data / "test" / "images" / f"{case}.nii.gz"))

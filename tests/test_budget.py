@@ -51,8 +51,13 @@ def test_rerun_goes_on_with_the_first_runs_schedule(ct_folder, tmp_path, fake_tr
     measured, trained, state = fake_training
     run = tmp_path / "run"
     # a two-stage configuration (condition, then density), so that one stage is left to resume
-    kwargs = dict(device="cpu", workers=1, overrides=["crop_size=[16,16,16]", "spacing=[3.0,3.0,3.0]"],
-                  condition="masked", features="intensity")
+    kwargs = dict(
+        device="cpu",
+        workers=1,
+        overrides=["crop_size=[16,16,16]", "spacing=[3.0,3.0,3.0]"],
+        condition="masked",
+        features="intensity",
+    )
     state["interrupt_at"] = "density"  # Ctrl-C during the last stage
     with pytest.raises(KeyboardInterrupt):
         pipeline.plan_and_train(ct_folder, run, budget_minutes=5, **kwargs)
@@ -70,3 +75,19 @@ def test_rerun_goes_on_with_the_first_runs_schedule(ct_folder, tmp_path, fake_tr
         pipeline.plan_and_train(ct_folder, run, budget_minutes=9, **kwargs)
     assert "budget 9 min not applied: every stage was trained or started" in caplog.text
     assert _steps(run) == first
+
+
+def test_budget_keeps_the_plans_proportions_for_a_slow_density():
+    # a flow density on descriptor features is several times slower per step than the SSL stages
+    planned = {"descriptor": 900, "condition": 500, "density": 300}
+    seconds = {"descriptor": 0.8, "condition": 0.7, "density": 4.7}
+    chosen = pipeline.scale_steps(planned, seconds, 600.0)
+    spent = sum(chosen[s]["steps"] * seconds[s] for s in planned) + pipeline.STAGE_OVERHEAD_S * 3
+    assert spent <= 600.0
+    assert spent > 0.97 * 600.0  # the budget is used, not left idle
+    ratios = [chosen[s]["steps"] / planned[s] for s in planned]
+    assert max(ratios) - min(ratios) < 0.02  # one factor for every stage
+    # the density gets the plan's share of the time (here 59%), not a fixed quarter
+    assert chosen["density"]["steps"] * seconds["density"] > 0.5 * 600.0
+    # at least 20 steps per stage, however short the budget
+    assert all(v["steps"] >= 20 for v in pipeline.scale_steps(planned, seconds, 40.0).values())

@@ -14,12 +14,15 @@ def _run(args, capsys):
     return code, err
 
 
-@pytest.mark.parametrize("setup,needle", [
-    ("missing", "data folder does not exist"),
-    ("empty", "no images found"),
-    ("junk", "unsupported format"),
-    ("corrupt", "corrupt or truncated"),
-])
+@pytest.mark.parametrize(
+    "setup,needle",
+    [
+        ("missing", "data folder does not exist"),
+        ("empty", "no images found"),
+        ("junk", "unsupported format"),
+        ("corrupt", "corrupt or truncated"),
+    ],
+)
 def test_plan_errors_are_one_line(tmp_path, capsys, setup, needle):
     data = tmp_path / "data"
     if setup != "missing":
@@ -39,8 +42,11 @@ def test_plan_errors_are_one_line(tmp_path, capsys, setup, needle):
     assert "Traceback" not in err
     assert not (tmp_path / "run" / "plans.json").exists()
     # the run folder it created is gone, unless it holds the fingerprint cache of a case it read
-    left = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "run").rglob("*")) \
-        if (tmp_path / "run").exists() else None
+    left = (
+        sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "run").rglob("*"))
+        if (tmp_path / "run").exists()
+        else None
+    )
     if setup == "corrupt":
         assert left and all(p.startswith("run/.cache") for p in left), left
     else:
@@ -60,8 +66,10 @@ def test_each_call_logs_to_its_own_stderr(tmp_path, monkeypatch):
     import numpy as np
     from conftest import ras_affine, write_nifti
 
-    for sub, arr in (("pred", np.linspace(0, 1, 512, dtype=np.float32)),
-                     ("labels", (np.arange(512) % 7 == 0).astype(np.uint8))):
+    for sub, arr in (
+        ("pred", np.linspace(0, 1, 512, dtype=np.float32)),
+        ("labels", (np.arange(512) % 7 == 0).astype(np.uint8)),
+    ):
         (tmp_path / sub).mkdir()
         write_nifti(tmp_path / sub / "case.nii.gz", arr.reshape(8, 8, 8), ras_affine(), dtype=arr.dtype)
     root = logging.getLogger()
@@ -83,8 +91,24 @@ def test_preprocess_without_plans(tmp_path, capsys):
 def test_console_script_plans_and_preprocesses(ct_folder, tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "screener_plans.cli"]
-    p = subprocess.run(cmd + ["plan", str(ct_folder), str(run), "--device", "cpu", "--workers", "1",
-                              "--set", "steps.density=5", "--set", "seed=3"], capture_output=True, text=True)
+    p = subprocess.run(
+        cmd
+        + [
+            "plan",
+            str(ct_folder),
+            str(run),
+            "--device",
+            "cpu",
+            "--workers",
+            "1",
+            "--set",
+            "steps.density=5",
+            "--set",
+            "seed=3",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     assert "planned 4 cases" in p.stderr
     import json
@@ -103,11 +127,38 @@ def test_plan_and_train_trains_what_the_density_needs_and_resumes(ct_folder, tmp
     import json
 
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "screener_plans.cli", "plan-and-train", str(ct_folder), str(run), "--device", "cpu",
-           "--workers", "1", "--set", "crop_size=[16,16,16]", "--set", "spacing=[3.0,3.0,3.0]",
-           "--set", "steps.condition=40", "--set", "steps.density=40", "--set", "checkpoint_every=20",
-           "--set", "pairs_per_crop=32", "--intensity-prior", "true", "--condition", "masked",
-           "--features", "intensity", "--density", "gaussian"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "screener_plans.cli",
+        "plan-and-train",
+        str(ct_folder),
+        str(run),
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--set",
+        "crop_size=[16,16,16]",
+        "--set",
+        "spacing=[3.0,3.0,3.0]",
+        "--set",
+        "steps.condition=40",
+        "--set",
+        "steps.density=40",
+        "--set",
+        "checkpoint_every=20",
+        "--set",
+        "pairs_per_crop=32",
+        "--intensity-prior",
+        "true",
+        "--condition",
+        "masked",
+        "--features",
+        "intensity",
+        "--density",
+        "gaussian",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
     assert not (run / "descriptor").exists()
@@ -138,19 +189,23 @@ def test_unknown_option_is_refused_before_the_command_runs(tmp_path, capsys):
     code, err = _run(["zoo", "export", str(run), "--device", "gpu"], capsys)
     assert code == 2 and "unknown option --device for `screener zoo export`" in err
     assert not (run / "models").exists()
-    code, err = _run(["predict", str(run), str(run), str(tmp_path / "out"), "--overwrite=true", "--nooverwrite"],
-                     capsys)
+    code, err = _run(
+        ["predict", str(run), str(run), str(tmp_path / "out"), "--overwrite=true", "--nooverwrite"], capsys
+    )
     assert "unknown option" not in err  # --flag=value and fire's --noflag are known spellings
 
 
-@pytest.mark.parametrize("args,message", [
-    (["make-synthetic", "{tmp}/syn", "--cases", "abc"], "--cases must be an integer, got 'abc'"),
-    (["plan", "{tmp}", "{tmp}/run", "--memory-gb", "-4"], "--memory-gb must be a number > 0, got -4"),
-    (["plan", "{tmp}", "{tmp}/run", "--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
-    (["plan-and-train", "{tmp}", "{tmp}/run", "--budget-minutes", "abc"], "--budget-minutes must be a number"),
-    (["plan-and-train", "{tmp}", "{tmp}/run", "--budget-minutes", "1"], "leaves no time for training"),
-    (["calibrate", "{tmp}/run", "--max-cases", "0"], "--max-cases must be an integer >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["make-synthetic", "{tmp}/syn", "--cases", "abc"], "--cases must be an integer, got 'abc'"),
+        (["plan", "{tmp}", "{tmp}/run", "--memory-gb", "-4"], "--memory-gb must be a number > 0, got -4"),
+        (["plan", "{tmp}", "{tmp}/run", "--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        (["plan-and-train", "{tmp}", "{tmp}/run", "--budget-minutes", "abc"], "--budget-minutes must be a number"),
+        (["plan-and-train", "{tmp}", "{tmp}/run", "--budget-minutes", "1"], "leaves no time for training"),
+        (["calibrate", "{tmp}/run", "--max-cases", "0"], "--max-cases must be an integer >= 1, got 0"),
+    ],
+)
 def test_option_values_are_checked_before_any_work(tmp_path, capsys, args, message):
     code, err = _run([a.format(tmp=tmp_path) for a in args], capsys)
     assert code == 2 and message in err and "Traceback" not in err, err

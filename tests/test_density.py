@@ -39,8 +39,10 @@ def _perturb(model, scale=0.3):
 def _flow(cond_dim, kernel_size=3):
     torch.manual_seed(0)
     model = GlowFlow(D, cond_dim, n_blocks=3, hidden=8, kernel_size=kernel_size).double()
-    model.initialize(2.0 + 3.0 * torch.randn(2, D, 3, 3, 3, dtype=torch.float64),
-                     torch.randn(2, cond_dim, 3, 3, 3, dtype=torch.float64) if cond_dim else None)
+    model.initialize(
+        2.0 + 3.0 * torch.randn(2, D, 3, 3, 3, dtype=torch.float64),
+        torch.randn(2, cond_dim, 3, 3, 3, dtype=torch.float64) if cond_dim else None,
+    )
     return _perturb(model)
 
 
@@ -80,8 +82,10 @@ def test_flow_logdet_matches_autograd_jacobian(cond_dim):
 
 def _scipy_nll(y, mean, log_var):
     """Per-voxel NLL from scipy with a diagonal covariance; mean/log_var broadcast to y."""
-    y, mean, log_var = (t.expand_as(y).permute(0, 2, 3, 4, 1).reshape(-1, y.shape[1]).numpy()
-                        for t in torch.broadcast_tensors(y, mean, log_var))
+    y, mean, log_var = (
+        t.expand_as(y).permute(0, 2, 3, 4, 1).reshape(-1, y.shape[1]).numpy()
+        for t in torch.broadcast_tensors(y, mean, log_var)
+    )
     return np.array([-multivariate_normal(m, np.diag(np.exp(lv))).logpdf(v) for v, m, lv in zip(y, mean, log_var)])
 
 
@@ -99,8 +103,9 @@ def test_diagonal_gaussian_matches_scipy():
 def test_conditional_gaussian_matches_scipy():
     torch.manual_seed(0)
     model = ConditionalGaussian(D, DC, hidden=8).double()
-    model.initialize(1.0 + 2.0 * torch.randn(2, D, 3, 3, 3, dtype=torch.float64),
-                     torch.randn(2, DC, 3, 3, 3, dtype=torch.float64))
+    model.initialize(
+        1.0 + 2.0 * torch.randn(2, D, 3, 3, 3, dtype=torch.float64), torch.randn(2, DC, 3, 3, 3, dtype=torch.float64)
+    )
     _perturb(model)
     y = torch.randn(2, D, 3, 2, 2, dtype=torch.float64)
     c = torch.randn(2, DC, 3, 2, 2, dtype=torch.float64)
@@ -191,12 +196,14 @@ def test_outliers_score_higher(fitted, test_data):
 def test_actnorm_init_whitens_every_layer_input(cond_dim):
     torch.manual_seed(0)
     model = GlowFlow(D, cond_dim, n_blocks=3, hidden=8, kernel_size=3)
-    y = torch.tensor([5.0, -3.0, 0.0, 100.0]).view(1, D, 1, 1, 1) + torch.tensor(
-        [0.1, 2.0, 7.0, 30.0]
-    ).view(1, D, 1, 1, 1) * torch.randn(3, D, 5, 5, 5)
+    y = torch.tensor([5.0, -3.0, 0.0, 100.0]).view(1, D, 1, 1, 1) + torch.tensor([0.1, 2.0, 7.0, 30.0]).view(
+        1, D, 1, 1, 1
+    ) * torch.randn(3, D, 5, 5, 5)
     c = torch.randn(3, cond_dim, 5, 5, 5) if cond_dim else None
     outputs = []
-    hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o[0])) for m in model.modules() if isinstance(m, ActNorm)]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: outputs.append(o[0])) for m in model.modules() if isinstance(m, ActNorm)
+    ]
     model.train()
     model(y, c)  # first training forward initialises
     for h in hooks:
@@ -295,8 +302,14 @@ def test_factory():
     flow = build_density("flow", D, DC, preset="tiny", n_blocks=3)
     assert isinstance(flow, GlowFlow) and flow.conditional and len(flow.steps) == 3
     assert not build_density("flow", D).conditional
-    for bad in [dict(kind="nope"), dict(preset="huge"), dict(n_blocks=2, kind="gaussian"), dict(hiden=3),
-                dict(kind="flow", dim=0), dict(kernel_size=2)]:
+    for bad in [
+        dict(kind="nope"),
+        dict(preset="huge"),
+        dict(n_blocks=2, kind="gaussian"),
+        dict(hiden=3),
+        dict(kind="flow", dim=0),
+        dict(kernel_size=2),
+    ]:
         args = {"kind": "flow", "dim": D, "cond_dim": DC, **bad}
         with pytest.raises(ScreenerError):
             build_density(**args)

@@ -5,12 +5,12 @@ import stat
 import struct
 import zlib
 
+import conftest
 import nibabel as nib
 import numpy as np
 import pytest
-
-import conftest
 from conftest import simple_ct
+
 from screener_plans.data.body import body_mask
 from screener_plans.data.geometry import CaseGeometry
 from screener_plans.data.preprocess import preprocess_image
@@ -163,10 +163,10 @@ def _read_png(path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     pos, chunks = 8, {}
     while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind = data[pos + 4:pos + 8]
-        body = data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
         assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF
         chunks[kind] = chunks.get(kind, b"") + body
         pos += 12 + length
@@ -225,8 +225,9 @@ def test_writer_outputs(oblique_case, tmp_path):
     target = np.array([11.0, 20.0, 15.0])
     score = to_original_grid(cube_score(meta, mask, target), mask, meta)
     out = tmp_path / "out"
-    res = write_case_outputs(out, "obl", score, img.affine, img.array, threshold=5.0, extra={"model": np.str_("x")},
-                             min_voxels=1)
+    res = write_case_outputs(
+        out, "obl", score, img.affine, img.array, threshold=5.0, extra={"model": np.str_("x")}, min_voxels=1
+    )
     assert sorted(p.name for p in out.iterdir()) == ["obl.nii.gz", "obl.png", "obl_regions.json"]
     for p in out.iterdir():  # as readable as a plainly created file, not owner-only like a temporary
         assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~_umask(), p

@@ -9,6 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import write_ct_folder
+from run_utils import make_random_run
 
 from screener_plans.density import GlowFlow, IntensityPrior, build_density
 from screener_plans.engines.models import (
@@ -20,13 +22,15 @@ from screener_plans.engines.models import (
 )
 from screener_plans.errors import ScreenerError
 from screener_plans.pipeline import stages_for
-from conftest import write_ct_folder
-from run_utils import make_random_run
 
 
 def _plans(**density):
-    return {"preset": "tiny", "network": {"d_desc": 32, "d_cond": 24}, "intensity": {"window": [-900.0, 600.0]},
-            "density": {"kind": "gaussian", "condition": "masked", **density}}
+    return {
+        "preset": "tiny",
+        "network": {"d_desc": 32, "d_cond": 24},
+        "intensity": {"window": [-900.0, 600.0]},
+        "density": {"kind": "gaussian", "condition": "masked", **density},
+    }
 
 
 def test_density_config_dims_and_choices():
@@ -98,8 +102,9 @@ def test_intensity_prior_adds_the_histogram_nll_of_its_channel():
     prior.eval()
     bins = torch.clamp(torch.floor(y[:, 2] * 10), 0, 9)
     assert torch.allclose(prior(y, c), inner(y, c) + bins)
-    assert prior.trainable is inner and set(dict(prior.named_parameters())) == \
-        {f"density.{k}" for k, _ in inner.named_parameters()}
+    assert prior.trainable is inner and set(dict(prior.named_parameters())) == {
+        f"density.{k}" for k, _ in inner.named_parameters()
+    }
     with pytest.raises(ValueError, match="finite"):
         prior.set_table(torch.full((10,), float("inf")))
     with pytest.raises(ValueError, match="channel"):
@@ -112,10 +117,17 @@ def test_intensity_run_needs_no_descriptor_and_keeps_its_prior(tmp_path):
     from screener_plans.planning.planner import plan
 
     data = write_ct_folder(tmp_path / "data", 2, (40, 36, 20), (3.0, 3.0, 4.0))
-    plans = plan(data, tmp_path / "planned", device="cpu", workers=1, progress=False,
-                 overrides={"crop_size": [16, 16, 16], "spacing": [4.0, 4.0, 4.0]})
-    run = make_random_run(tmp_path, plans, condition="masked", density="gaussian", features="intensity",
-                          intensity_prior=True)
+    plans = plan(
+        data,
+        tmp_path / "planned",
+        device="cpu",
+        workers=1,
+        progress=False,
+        overrides={"crop_size": [16, 16, 16], "spacing": [4.0, 4.0, 4.0]},
+    )
+    run = make_random_run(
+        tmp_path, plans, condition="masked", density="gaussian", features="intensity", intensity_prior=True
+    )
     model_path(run, "descriptor").unlink()
     cfg = json.loads((run / "density" / "models" / "density_config.json").read_text())
     assert cfg["features"] == "intensity" and cfg["intensity_prior"]

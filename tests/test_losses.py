@@ -31,7 +31,7 @@ def infonce_numpy(z1, z2, tau):
     for i in range(n):
         pos = math.exp(np.dot(z[0][i], z[1][i]) / tau)
         for k in (0, 1):
-            neg = sum(math.exp(np.dot(z[k][i], z[l][j]) / tau) for j in range(n) if j != i for l in (0, 1))
+            neg = sum(math.exp(np.dot(z[k][i], z[m][j]) / tau) for j in range(n) if j != i for m in (0, 1))
             total += -math.log(pos / (pos + neg))
     return total / (2 * n)
 

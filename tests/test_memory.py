@@ -17,8 +17,12 @@ def test_peak_rss_grows_with_use_and_is_not_inherited_across_exec():
     block = np.ones(400 * 2**20 // 8)  # 400 MiB, every page touched
     after = peak_rss_mb()
     assert after - before > 300, (before, after)
-    child = subprocess.run([sys.executable, "-c", "from screener_plans.memory import peak_rss_mb; "
-                            "print(peak_rss_mb())"], capture_output=True, text=True, check=True)
+    child = subprocess.run(
+        [sys.executable, "-c", "from screener_plans.memory import peak_rss_mb; print(peak_rss_mb())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     del block
     # getrusage's ru_maxrss would report at least the parent's peak here
     assert float(child.stdout) < after - 300, (float(child.stdout), after)

@@ -8,8 +8,7 @@ import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from screener_plans.errors import ScreenerError
-from screener_plans.metrics import (VoxelMetricAccumulator, accumulate, aupro, auroc, evaluate,
-                                    partial_auroc)
+from screener_plans.metrics import VoxelMetricAccumulator, accumulate, aupro, auroc, evaluate, partial_auroc
 from screener_plans.metrics import accumulator as accumulator_module
 
 TOL = 1e-3
@@ -95,9 +94,11 @@ def test_error_bound_holds_with_coarse_bins():
     acc = VoxelMetricAccumulator(scores.min(), scores.max(), bins=16)
     acc.update(scores, labels)
     negative = scores[labels == 0]
-    exact = {"auroc": roc_auc_score(labels.ravel() > 0, scores.ravel()),
-             "auroc_fpr03": exact_partial_auroc(labels.ravel() > 0, scores.ravel()),
-             "aupro_fpr03": exact_aupro(negative, [[scores[v] for v in r] for r in regions])}
+    exact = {
+        "auroc": roc_auc_score(labels.ravel() > 0, scores.ravel()),
+        "auroc_fpr03": exact_partial_auroc(labels.ravel() > 0, scores.ravel()),
+        "aupro_fpr03": exact_aupro(negative, [[scores[v] for v in r] for r in regions]),
+    }
     got, bound = acc.compute(), acc.error_bounds()
     for key in exact:
         assert abs(got[key] - exact[key]) <= bound[key] + 1e-12
@@ -113,8 +114,13 @@ def test_aupro_matches_direct_loop_with_26_connectivity():
         expected = exact_aupro(scores[labels == 0], [[scores[v] for v in r] for r in regions])
         assert abs(acc.compute()["aupro_fpr03"] - expected) < TOL
         assert abs(aupro(scores, labels) - expected) < TOL
-        assert abs(aupro(scores, labels, max_fpr=0.05)
-                   - exact_aupro(scores[labels == 0], [[scores[v] for v in r] for r in regions], 0.05)) < TOL
+        assert (
+            abs(
+                aupro(scores, labels, max_fpr=0.05)
+                - exact_aupro(scores[labels == 0], [[scores[v] for v in r] for r in regions], 0.05)
+            )
+            < TOL
+        )
     # Under 6-connectivity the chain would be three regions and the answer would differ.
     split = [r for i, r in enumerate(regions) if i != 1] + [[v] for v in regions[1]]
     assert abs(exact_aupro(scores[labels == 0], [[scores[v] for v in r] for r in split]) - expected) > 5 * TOL
@@ -156,8 +162,11 @@ def test_mask_and_slabs_and_memory_order(monkeypatch):
     for m, expected_acc in ((mask, reference), (None, unmasked)):
         for order in ("C", "F"):
             acc = reference.empty_like()
-            acc.update(np.asarray(scores, order=order), np.asarray(labels, order=order),
-                       None if m is None else np.asarray(m, order="C"))
+            acc.update(
+                np.asarray(scores, order=order),
+                np.asarray(labels, order=order),
+                None if m is None else np.asarray(m, order="C"),
+            )
             assert np.array_equal(acc.counts, expected_acc.counts)
             assert np.allclose(acc.overlap, expected_acc.overlap)
             assert acc.n_regions == expected_acc.n_regions

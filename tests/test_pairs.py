@@ -157,7 +157,9 @@ def test_gather_descriptors_integer_and_linear():
         step[axis] = 1.0
         pa, pb = a, a + step
         mid = gather_descriptors(feats[:1], a + 0.25 * step)
-        torch.testing.assert_close(mid, 0.75 * gather_descriptors(feats[:1], pa) + 0.25 * gather_descriptors(feats[:1], pb))
+        torch.testing.assert_close(
+            mid, 0.75 * gather_descriptors(feats[:1], pa) + 0.25 * gather_descriptors(feats[:1], pb)
+        )
     got.sum().backward()
     assert feats.grad is not None and feats.grad.abs().sum() > 0
     half = gather_descriptors(feats.detach().half(), ints.float())
@@ -167,10 +169,14 @@ def test_gather_descriptors_integer_and_linear():
 
 def test_pair_sampler_tensors_seeding_and_spacing():
     shape = (40, 40, 30)
-    case = {"image": np.random.default_rng(0).random(shape, dtype=np.float32), "mask": interior_mask(shape, 2),
-            "spacing": (1.0, 1.0, 2.0)}
-    sampler = PairSampler((16, 16, 16), 32, spacing_range=(1.5, 2.5), augment=ColorAugment(),
-                          mask_block_size=4, mask_ratio=0.5, seed=3)
+    case = {
+        "image": np.random.default_rng(0).random(shape, dtype=np.float32),
+        "mask": interior_mask(shape, 2),
+        "spacing": (1.0, 1.0, 2.0),
+    }
+    sampler = PairSampler(
+        (16, 16, 16), 32, spacing_range=(1.5, 2.5), augment=ColorAugment(), mask_block_size=4, mask_ratio=0.5, seed=3
+    )
     torch.manual_seed(0)
     out = sampler(case)
     assert out["crops"].shape == (2, 2, 16, 16, 16) and out["crops"].dtype == torch.float32
@@ -181,8 +187,9 @@ def test_pair_sampler_tensors_seeding_and_spacing():
     again = sampler(case)
     assert not torch.equal(again["boxes"], out["boxes"])  # the stream advances
     torch.manual_seed(0)
-    fresh = PairSampler((16, 16, 16), 32, spacing_range=(1.5, 2.5), augment=ColorAugment(),
-                        mask_block_size=4, mask_ratio=0.5, seed=3)
+    fresh = PairSampler(
+        (16, 16, 16), 32, spacing_range=(1.5, 2.5), augment=ColorAugment(), mask_block_size=4, mask_ratio=0.5, seed=3
+    )
     replay = fresh(case)
     for key in out:
         assert torch.equal(replay[key], out[key])

@@ -3,8 +3,8 @@ import re
 
 import numpy as np
 import pytest
-
 from conftest import ras_affine, simple_ct, write_nifti
+
 from screener_plans.errors import ScreenerError
 from screener_plans.planning.fingerprint import HIST_LO, build_fingerprint, fingerprint_image, hist_percentile
 from screener_plans.planning.planner import fit_crop_and_batch, plan, target_spacing
@@ -86,8 +86,15 @@ def test_crop_fits_memory_and_stride():
 
 def test_plan_writes_valid_plans_with_overrides(ct_folder, tmp_path):
     run = tmp_path / "run"
-    plans = plan(ct_folder, run, device="cpu", memory_gb=4, overrides=["steps.descriptor=7", "crop_scale=[0.8, 1.2]"],
-                 workers=1, progress=False)
+    plans = plan(
+        ct_folder,
+        run,
+        device="cpu",
+        memory_gb=4,
+        overrides=["steps.descriptor=7", "crop_scale=[0.8, 1.2]"],
+        workers=1,
+        progress=False,
+    )
     on_disk = load_plans(run / "plans.json")
     assert on_disk == json.loads(json.dumps(plans))
     assert plans["steps"]["descriptor"] == 7 and plans["derived"]["steps"]["descriptor"] != 7
@@ -119,8 +126,10 @@ def test_plans_validation_names_the_bad_key(ct_folder, tmp_path):
     with pytest.raises(ScreenerError, match="unknown plans key"):
         plan(ct_folder, tmp_path / "run2", device="cpu", overrides=["not_a_key=3"], workers=1, progress=False)
     assert not (tmp_path / "run2").exists()  # refused before any case was read
-    for item, message in (("seed=abc", "--set seed='abc': must be a non-negative integer"),
-                          ("steps.condition=-5", "--set steps.condition=-5: must be a positive integer")):
+    for item, message in (
+        ("seed=abc", "--set seed='abc': must be a non-negative integer"),
+        ("steps.condition=-5", "--set steps.condition=-5: must be a positive integer"),
+    ):
         with pytest.raises(ScreenerError, match=re.escape(message)):
             plan(ct_folder, tmp_path / "run3", device="cpu", overrides=[item], workers=1, progress=False)
         assert not (tmp_path / "run3").exists()  # the value is named as given, before any work

@@ -13,7 +13,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_ct_folder
 from run_utils import make_random_run
 
@@ -26,8 +25,14 @@ def env(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("speed")
     data = write_ct_folder(root / "data", 4, (56, 48, 28), (2.5, 2.5, 3.5), seed=20)
-    plans = plan(data, root / "planned", device="cpu", workers=1, progress=False,
-                 overrides={"crop_size": [16, 16, 16], "spacing": [3.0, 3.0, 3.0], "inference.sw_batch_size": 4})
+    plans = plan(
+        data,
+        root / "planned",
+        device="cpu",
+        workers=1,
+        progress=False,
+        overrides={"crop_size": [16, 16, 16], "spacing": [3.0, 3.0, 3.0], "inference.sw_batch_size": 4},
+    )
     return {"data": data, "run": make_random_run(root, plans), "plans": plans}
 
 
@@ -74,7 +79,8 @@ def test_single_window_batches_are_scored_in_pairs_with_the_same_maps(env):
     assert batches and set(batches) == {2}
     scorer.forward = inner
     ref = ScorerInferer(plans["crop_size"], 0.25, "gaussian", 4, amp=False)(
-        scorer, image, meta["crop_origin_mm"], meta["spacing"], "cpu")
+        scorer, image, meta["crop_origin_mm"], meta["spacing"], "cpu"
+    )
     span = float(ref.max() - ref.min())
     assert span > 0 and float(np.abs(got - ref).max()) <= TOLERANCE * span
 
@@ -83,13 +89,14 @@ def test_single_window_batches_are_scored_in_pairs_with_the_same_maps(env):
 def test_folder_pipeline_matches_case_by_case(env, tmp_path, overlap):
     """Over a folder, with background reading/writing threads or without, the maps are those of
     scoring each case alone."""
+    from screener_plans.data.readers import find_cases
     from screener_plans.engines.models import load_scorer
     from screener_plans.inference.predict import Predictor
-    from screener_plans.data.readers import find_cases
 
     plans = env["plans"]
-    pred = Predictor(env["run"], plans, load_scorer(env["run"], plans), "cpu", threshold=1.0, progress=False,
-                     overlap=overlap)
+    pred = Predictor(
+        env["run"], plans, load_scorer(env["run"], plans), "cpu", threshold=1.0, progress=False, overlap=overlap
+    )
     summary = pred.run(env["data"], tmp_path / "folder")
     assert [d["case"] for d in summary["done"]] == [f"case_{i}" for i in range(4)]
     for case in find_cases(env["data"]):
@@ -135,8 +142,9 @@ def test_output_folder_holding_the_inputs_is_refused(env, tmp_path):
     scan = sorted(env["data"].glob("*.nii.gz"))[0]
     shutil.copy(scan, inout / scan.name)
     before = (inout / scan.name).read_bytes()
-    pred = Predictor(env["run"], env["plans"], load_scorer(env["run"], env["plans"]), "cpu", threshold=1.0,
-                     progress=False)
+    pred = Predictor(
+        env["run"], env["plans"], load_scorer(env["run"], env["plans"]), "cpu", threshold=1.0, progress=False
+    )
     for source in (inout, inout / scan.name):
         with pytest.raises(ScreenerError, match="the output folder holds the input scan"):
             pred.run(source, inout)
@@ -160,10 +168,29 @@ def test_background_threads_only_where_they_have_a_core(monkeypatch):
 def test_torchrun_shards_cases_across_ranks(env, tmp_path):
     out = tmp_path / "out"
     env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "-m", "screener_plans.cli", "predict", str(env["run"]), str(env["data"]), str(out),
-                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env_vars, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "screener_plans.cli",
+            "predict",
+            str(env["run"]),
+            str(env["data"]),
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_vars,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:

@@ -2,8 +2,8 @@ import stat
 
 import numpy as np
 import pytest
-
 from conftest import simple_ct, write_nifti
+
 from screener_plans.data.geometry import CaseGeometry
 from screener_plans.data.preprocess import cached_cases, load_case, preprocess
 from screener_plans.io_utils import _umask
@@ -30,7 +30,7 @@ def dotted_case(tmp_path):
     # file order (S, R, A) reversed where flipped; build by inverting the RAS mapping
     file_arr = np.transpose(ras, (2, 0, 1))[::-1, :, ::-1].copy()
     dot = (14, 20, 25)  # in file voxel order
-    file_arr[dot[0] - 1:dot[0] + 2, dot[1] - 1:dot[1] + 2, dot[2] - 1:dot[2] + 2] = 950.0
+    file_arr[dot[0] - 1 : dot[0] + 2, dot[1] - 1 : dot[1] + 2, dot[2] - 1 : dot[2] + 2] = 950.0
     spacing = (2.0, 1.2, 1.3)
     write_nifti(d / "dotted.nii.gz", file_arr, _flipped_permuted_affine(spacing))
     write_nifti(d / "other.nii.gz", simple_ct((50, 44, 30), seed=2), np.diag([1.2, 1.3, 2.0, 1.0]))
@@ -40,7 +40,14 @@ def dotted_case(tmp_path):
 def test_point_maps_to_cache_voxel_and_back(dotted_case, tmp_path):
     data, dot = dotted_case
     run = tmp_path / "run"
-    plans = plan(data, run, device="cpu", workers=1, progress=False, overrides=["spacing=[1.6, 1.6, 1.6]", "intensity.window=[-1000, 1000]"])
+    plans = plan(
+        data,
+        run,
+        device="cpu",
+        workers=1,
+        progress=False,
+        overrides=["spacing=[1.6, 1.6, 1.6]", "intensity.window=[-1000, 1000]"],
+    )
     summary = preprocess(run, plans=plans, workers=1, progress=False)
     assert summary["done"] == 2 and not summary["errors"]
     image, mask, meta = load_case(run, "dotted")
@@ -51,10 +58,11 @@ def test_point_maps_to_cache_voxel_and_back(dotted_case, tmp_path):
     np.testing.assert_allclose(geo.to_original(p), dot, atol=1e-9)
     # the bright cube's centre of mass in the cache sits where the geometry says
     lo = np.floor(p).astype(int) - 4
-    win = np.asarray(image[lo[0]:lo[0] + 10, lo[1]:lo[1] + 10, lo[2]:lo[2] + 10], dtype=np.float64)
+    win = np.asarray(image[lo[0] : lo[0] + 10, lo[1] : lo[1] + 10, lo[2] : lo[2] + 10], dtype=np.float64)
     w = np.clip(win - 0.85, 0, None)  # only the cube (950 HU) is brighter than 850 HU
-    centre = lo + np.array([(w.sum(axis=tuple(a for a in range(3) if a != ax)) * np.arange(10)).sum() / w.sum()
-                            for ax in range(3)])
+    centre = lo + np.array(
+        [(w.sum(axis=tuple(a for a in range(3) if a != ax)) * np.arange(10)).sum() / w.sum() for ax in range(3)]
+    )
     np.testing.assert_allclose(centre, p, atol=0.35)
     # spacing and the body crop are recorded
     np.testing.assert_allclose(meta["spacing"], [1.6, 1.6, 1.6], rtol=0.05)
@@ -98,7 +106,9 @@ def test_resample_matches_monai_resize(shape):
     vol = (np.random.default_rng(0).normal(0, 300, (120, 110, 60)) - 500).astype(np.float32)
     before = vol.copy()
     shrink = any(n > m for n, m in zip(vol.shape, shape))
-    ref = np.asarray(Resize(spatial_size=shape, mode="trilinear", align_corners=False, anti_aliasing=shrink)(vol[None]))[0]
+    ref = np.asarray(
+        Resize(spatial_size=shape, mode="trilinear", align_corners=False, anti_aliasing=shrink)(vol[None])
+    )[0]
     out = resample(vol, shape)
     assert out.shape == shape and out.dtype == np.float32
     assert float(np.abs(out - ref).max()) < 1e-3  # HU; float32 rounding only
@@ -118,7 +128,7 @@ def test_threaded_smoothing_is_exactly_one_call(monkeypatch):
     vol = np.random.default_rng(2).normal(size=(37, 41, 23)).astype(np.float32)
     results = []
     for threads in (1, 3, 8):
-        monkeypatch.setattr(preprocess, "worker_threads", lambda: threads)
+        monkeypatch.setattr(preprocess, "worker_threads", lambda t=threads: t)
         results.append(preprocess._gaussian_smooth(vol, (1.5, 0.0, 2.5)))
     for out in results[1:]:
         np.testing.assert_array_equal(out, results[0])

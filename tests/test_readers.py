@@ -3,9 +3,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ras_affine, simple_ct, write_nifti, write_raw_pixdim
 from dicom_utils import write_dicom_series
+
 from screener_plans.data.checks import validate_ct
 from screener_plans.data.readers import case_name, find_cases, read_case
 from screener_plans.errors import BadCaseError, ScreenerError
@@ -73,9 +73,15 @@ def test_nrrd_and_mha(tmp_path):
     nrrd = pytest.importorskip("nrrd")
     itk = pytest.importorskip("itk")
     hu = simple_ct((20, 18, 12)).round().astype(np.int16)
-    nrrd.write(str(tmp_path / "b.nrrd"), hu, {"space": "left-posterior-superior",
-                                              "space directions": np.diag([0.7, 0.8, 2.5]),
-                                              "space origin": [0.0, 0.0, 0.0]})
+    nrrd.write(
+        str(tmp_path / "b.nrrd"),
+        hu,
+        {
+            "space": "left-posterior-superior",
+            "space directions": np.diag([0.7, 0.8, 2.5]),
+            "space origin": [0.0, 0.0, 0.0],
+        },
+    )
     # ITK arrays are (Z, Y, X); the file's x axis is our first axis.
     im = itk.image_from_array(np.ascontiguousarray(hu.transpose(2, 1, 0)))
     im.SetSpacing([0.7, 0.8, 2.5])
@@ -177,8 +183,9 @@ def test_misnamed_and_incomplete_files_say_what_is_wrong(tmp_path):
     (tmp_path / "src.nii").unlink()
     (tmp_path / "plain.nii.gz").write_bytes(raw)  # an uncompressed NIfTI named .gz
     (tmp_path / "packed.nii").write_bytes(gzip.compress(raw))  # a compressed one named .nii
-    (tmp_path / "meta.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 16 16 10\n"
-                                       "ElementType = MET_SHORT\nElementDataFile = meta.raw\n")
+    (tmp_path / "meta.mhd").write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 16 16 10\nElementType = MET_SHORT\nElementDataFile = meta.raw\n"
+    )
     os.symlink("loop_b", tmp_path / "loop_a")
     os.symlink("loop_a", tmp_path / "loop_b")
     cases, bad = find_cases(tmp_path, with_bad=True)  # the loop is no traceback
@@ -187,8 +194,11 @@ def test_misnamed_and_incomplete_files_say_what_is_wrong(tmp_path):
     with pytest.raises(ScreenerError, match="loop_a: broken link to loop_b"):
         find_cases(tmp_path / "loop_a")  # given as the input itself
     by_name = {c.name: c for c in cases}
-    expect = {"plain": "not gzip-compressed although named .nii.gz", "packed": "gzip-compressed although named .nii",
-              "meta": "meta.raw named by its header (ElementDataFile) is missing"}
+    expect = {
+        "plain": "not gzip-compressed although named .nii.gz",
+        "packed": "gzip-compressed although named .nii",
+        "meta": "meta.raw named by its header (ElementDataFile) is missing",
+    }
     for name, message in expect.items():
         if name == "meta":
             pytest.importorskip("itk")
@@ -229,8 +239,9 @@ def test_folder_of_image_files_inside_the_data_folder_is_pointed_out(tmp_path):
 
 @pytest.mark.parametrize("shape,match", [((32, 32), "2D"), ((32, 32, 1), "2D"), ((16, 16, 12, 3), "4D")])
 def test_dimensionality_checks(tmp_path, shape, match):
-    write_nifti(tmp_path / "x.nii.gz", np.full(shape, -1000) + np.arange(np.prod(shape)).reshape(shape) % 900,
-                np.eye(4))
+    write_nifti(
+        tmp_path / "x.nii.gz", np.full(shape, -1000) + np.arange(np.prod(shape)).reshape(shape) % 900, np.eye(4)
+    )
     with pytest.raises(BadCaseError, match=match):
         validate_ct(read_case(find_cases(tmp_path)[0]))
 

@@ -77,9 +77,24 @@ def test_monai_bundle_run_reports_a_screener_error_in_one_line(tmp_path, bundle)
 
     (tmp_path / "plans.json").write_text(json.dumps({"schema_version": 7}))
     configs = bundle_dir(bundle) / "configs"
-    p = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs / "train.yaml"),
-                        "--meta_file", str(configs / "metadata.json"), "--plans_file", str(tmp_path / "plans.json"),
-                        "--output_dir", str(tmp_path / "out")], capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            str(configs / "train.yaml"),
+            "--meta_file",
+            str(configs / "metadata.json"),
+            "--plans_file",
+            str(tmp_path / "plans.json"),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode != 0
     assert "Traceback" not in p.stderr, p.stderr[-3000:]
     assert f"screener: error: {tmp_path / 'plans.json'}: plans schema version 7 is not supported" in p.stderr
@@ -208,8 +223,10 @@ def test_resume_refuses_another_schedule_length_and_false_starts_over(tmp_path):
     "Tried to step 11 times"; ``resume "false"`` (text, as from a shell) starts over and drops the
     old run's checkpoints, so the next resume does not pick them up."""
     _one_cycle_run(tmp_path, 10, resume=True)
-    assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pt")) == ["checkpoint_00000005.pt",
-                                                                         "checkpoint_00000010.pt"]
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pt")) == [
+        "checkpoint_00000005.pt",
+        "checkpoint_00000010.pt",
+    ]
     with pytest.raises(ScreenerError, match=r"10-step learning-rate schedule .* asks for 20 steps.*--resume false"):
         _one_cycle_run(tmp_path, 20, resume="true")
     engine = _one_cycle_run(tmp_path, 4, resume="false")
@@ -220,13 +237,27 @@ def test_resume_refuses_another_schedule_length_and_false_starts_over(tmp_path):
 
 def test_resume_names_the_mismatch_and_the_remedy(tmp_path):
     _one_cycle_run(tmp_path, 5, resume=True)
-    with pytest.raises(ScreenerError, match=r"does not match this model/plans \(size mismatch for weight.*\); "
-                                            r"train from scratch with --resume false"):
+    with pytest.raises(
+        ScreenerError,
+        match=r"does not match this model/plans \(size mismatch for weight.*\); "
+        r"train from scratch with --resume false",
+    ):
         _one_cycle_run(tmp_path, 5, resume=True, width=3)
 
 
-@pytest.mark.parametrize("text,expected", [("false", False), ("False", False), ("no", False), ("0", False),
-                                           ("true", True), ("TRUE", True), ("yes", True), (1, True)])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("false", False),
+        ("False", False),
+        ("no", False),
+        ("0", False),
+        ("true", True),
+        ("TRUE", True),
+        ("yes", True),
+        (1, True),
+    ],
+)
 def test_yes_no_options_read_as_text(text, expected):
     from screener_plans.options import as_bool
 

@@ -16,8 +16,13 @@ from screener_plans.nets.structure import STRUCTURE_CHANNELS, LocalStructure
 
 
 def _plans(**density):
-    return {"preset": "tiny", "network": {"d_desc": 32, "d_cond": 24}, "intensity": {"window": [-900.0, 600.0]},
-            "spacing": [1.5, 1.5, 3.0], "density": {"kind": "mixture", "condition": "none", "features": "structure", **density}}
+    return {
+        "preset": "tiny",
+        "network": {"d_desc": 32, "d_cond": 24},
+        "intensity": {"window": [-900.0, 600.0]},
+        "spacing": [1.5, 1.5, 3.0],
+        "density": {"kind": "mixture", "condition": "none", "features": "structure", **density},
+    }
 
 
 def test_jet_is_exact_on_polynomials():
@@ -52,7 +57,9 @@ def test_structure_config_and_features():
     cfg = density_config({**_plans(), "network": {"d_desc": 3, "d_cond": 5}}, "masked", "flow", "descriptor+structure")
     assert (cfg["dim"], cfg["cond_dim"], cfg["structure_scale"]) == (4, 5 + STRUCTURE_CHANNELS, 15.0)
     desc = torch.nn.Conv3d(1, 3, 1)
-    y, c = FeatureExtractor(desc, "masked", cond, 5, features="descriptor+structure", structure_scale=15.0)(image, None, None)
+    y, c = FeatureExtractor(desc, "masked", cond, 5, features="descriptor+structure", structure_scale=15.0)(
+        image, None, None
+    )
     assert y.shape == (2, 4, 12, 10, 8) and torch.equal(y[:, 3:], value)
     assert torch.allclose(y[:, :3], desc(image)) and torch.equal(c[:, 5:], d)
     with pytest.raises(ScreenerError, match="density kind 'mix' unknown"):
@@ -69,9 +76,15 @@ def test_mixture_nll_is_the_mixture_likelihood():
             p.add_(0.3 * torch.randn_like(p))
     log_w, mean, log_var = model.components(y, c)
     v = (0, slice(None), 1, 0, 1)
-    density = sum(math.exp(log_w[0, k, 1, 0, 1]) * math.prod(
-        math.exp(-0.5 * (y[v][d] - mean[0, k, d, 1, 0, 1]) ** 2 / math.exp(log_var[0, k, d, 1, 0, 1]))
-        / math.sqrt(2 * math.pi * math.exp(log_var[0, k, d, 1, 0, 1])) for d in range(2)) for k in range(4))
+    density = sum(
+        math.exp(log_w[0, k, 1, 0, 1])
+        * math.prod(
+            math.exp(-0.5 * (y[v][d] - mean[0, k, d, 1, 0, 1]) ** 2 / math.exp(log_var[0, k, d, 1, 0, 1]))
+            / math.sqrt(2 * math.pi * math.exp(log_var[0, k, d, 1, 0, 1]))
+            for d in range(2)
+        )
+        for k in range(4)
+    )
     assert torch.isclose(model(y, c)[0, 1, 0, 1], torch.tensor(-math.log(density), dtype=torch.float64))
     assert isinstance(build_density("mixture", 1, 0, preset="tiny"), GaussianMixture)
 
@@ -135,7 +148,7 @@ def test_structure_scorer_ranks_a_flat_in_between_mass_above_the_boundary_it_mat
     with torch.no_grad():
         nll = density(*features(image, None, None))[0]
     boundary = torch.zeros_like(inside)
-    boundary[int(edge) - 1:int(edge) + 2, 2:22, 2:22] = True
+    boundary[int(edge) - 1 : int(edge) + 2, 2:22, 2:22] = True
     assert float(nll[inside].mean()) > float(nll[boundary].mean()) + 3.0
 
 

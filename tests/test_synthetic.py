@@ -9,7 +9,12 @@ from scipy import ndimage
 
 from screener_plans.data.phantom_anatomy import Tissue
 from screener_plans.data.synthetic import (
-    LESION_KINDS, _sample_case, make_phantom, make_synthetic, make_synthetic_dataset)
+    LESION_KINDS,
+    _sample_case,
+    make_phantom,
+    make_synthetic,
+    make_synthetic_dataset,
+)
 from screener_plans.errors import ScreenerError
 
 SMALL = dict(shape=(72, 72, 40), spacing=(4.5, 4.5, 5.0))
@@ -74,9 +79,12 @@ def test_lesions_inside_organs_and_anatomy_unchanged():
     assert ph.lesion_mask.sum() > 0
     assert np.array_equal(ph.lesion_mask > 0, ph.lesion_instances > 0)
     assert np.array_equal(ph.tissue == Tissue.LESION, ph.lesion_mask > 0)
-    organ = {"lung_nodule": (Tissue.LUNG, Tissue.VESSEL, Tissue.AIRWAY, Tissue.SOFT),
-             "ground_glass": (Tissue.LUNG, Tissue.VESSEL, Tissue.AIRWAY, Tissue.SOFT),
-             "liver_mass": (Tissue.LIVER, Tissue.VESSEL), "kidney_mass": (Tissue.KIDNEY,)}
+    organ = {
+        "lung_nodule": (Tissue.LUNG, Tissue.VESSEL, Tissue.AIRWAY, Tissue.SOFT),
+        "ground_glass": (Tissue.LUNG, Tissue.VESSEL, Tissue.AIRWAY, Tissue.SOFT),
+        "liver_mass": (Tissue.LIVER, Tissue.VESSEL),
+        "kidney_mass": (Tissue.KIDNEY,),
+    }
     for k, kind in enumerate(ph.lesion_kinds):
         m = ph.lesion_instances == k + 1
         assert m.sum() == ph.lesions[k]["voxels"] > 0
@@ -196,8 +204,11 @@ def test_cli_wrapper(tmp_path, monkeypatch):
     import screener_plans.data.synthetic as syn
 
     real = syn.make_phantom
-    monkeypatch.setattr(syn, "make_phantom", lambda seed, lesions=True, shape=None, spacing=None, family="standard":
-                        real(seed, lesions=lesions, **SMALL))  # keep the test fast
+    monkeypatch.setattr(
+        syn,
+        "make_phantom",
+        lambda seed, lesions=True, shape=None, spacing=None, family="standard": real(seed, lesions=lesions, **SMALL),
+    )  # keep the test fast
     msg = make_synthetic(tmp_path / "d", cases=4, seed=4)
     assert "3 training" in msg and "1 labeled test" in msg
     meta = json.loads((tmp_path / "d" / "dataset.json").read_text())

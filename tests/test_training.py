@@ -19,8 +19,14 @@ from screener_plans.data.preprocess import preprocess
 from screener_plans.data.synthetic import make_phantom, make_synthetic_dataset
 from screener_plans.planning.planner import plan
 
-SMALL = ["crop_size=[32, 32, 32]", "pairs_per_crop=128", "checkpoint_every=10", "spacing=[3.0, 3.0, 3.0]",
-         "density.batch_size=2", "inference.sw_batch_size=4"]
+SMALL = [
+    "crop_size=[32, 32, 32]",
+    "pairs_per_crop=128",
+    "checkpoint_every=10",
+    "spacing=[3.0, 3.0, 3.0]",
+    "density.batch_size=2",
+    "inference.sw_batch_size=4",
+]
 
 
 def _log(run, stage):
@@ -32,8 +38,9 @@ def tiny_run(tmp_path_factory):
     """Six small phantoms, planned and preprocessed, descriptor and condition trained briefly."""
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("train")
-    make_synthetic_dataset(root / "data", cases=8, seed=1, test_cases=2, progress=False,
-                           shape=(96, 96, 48), spacing=(3.0, 3.0, 4.0))
+    make_synthetic_dataset(
+        root / "data", cases=8, seed=1, test_cases=2, progress=False, shape=(96, 96, 48), spacing=(3.0, 3.0, 4.0)
+    )
     run = root / "run"
     plan(root / "data" / "train", run, device="cpu", overrides=SMALL, workers=1, progress=False)
     preprocess(run, workers=1, progress=False)
@@ -139,7 +146,7 @@ def test_condition_is_less_sensitive_to_masking_than_descriptor(tiny_run):
         lo = np.maximum(p - b // 2, 0)
         hi = lo + b
         block = np.zeros_like(image)
-        block[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 1
+        block[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = 1
         d1 = _dense(desc, image * (1 - block))
         c1 = cond_feats(image * (1 - block), block)
         ratios_d.append(np.linalg.norm(d1[:, p[0], p[1], p[2]] - d0[:, p[0], p[1], p[2]]) / d0[:, mask].std(1).sum())
@@ -169,9 +176,11 @@ def _liver_ball(radius_mm: float = 12.0):
     return ph, clean, dist, (dist < radius_mm) & (ph.tissue == 6)
 
 
-@pytest.mark.parametrize("features,density", [("intensity", "gaussian"), ("descriptor", "flow"),
-                                              ("descriptor+structure", "flow")],
-                         ids=["masked-intensity-prior", "paper-descriptor-flow", "tiny-default"])
+@pytest.mark.parametrize(
+    "features,density",
+    [("intensity", "gaussian"), ("descriptor", "flow"), ("descriptor+structure", "flow")],
+    ids=["masked-intensity-prior", "paper-descriptor-flow", "tiny-default"],
+)
 def test_density_scores_planted_anomaly_above_normal_tissue(tiny_run, tmp_path, features, density):
     """CT intensity given the masked condition with the intensity prior (no descriptor in the run
     at all), the paper's descriptor + flow and the tiny default (descriptor + smoothed intensity
@@ -180,8 +189,15 @@ def test_density_scores_planted_anomaly_above_normal_tissue(tiny_run, tmp_path, 
 
     with_descriptor = features != "intensity"
     run = _density_run(tiny_run, tmp_path / "run", ["condition"] + (["descriptor"] if with_descriptor else []))
-    train_stage(run, "density", max_steps=40, features=features, density=density, condition="masked",
-                intensity_prior=features == "intensity")
+    train_stage(
+        run,
+        "density",
+        max_steps=40,
+        features=features,
+        density=density,
+        condition="masked",
+        intensity_prior=features == "intensity",
+    )
     cfg = json.loads((run / "density" / "models" / "density_config.json").read_text())
     assert (cfg["features"], cfg["density"], cfg["intensity_prior"]) == (features, density, features == "intensity")
     if features == "intensity":  # the prior's histogram was fitted on the cache and saved with the weights
@@ -357,8 +373,9 @@ def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes_from_it(descriptor_refe
     plans["checkpoint_every"] = 1000
     (run / "plans.json").write_text(json.dumps(plans))
     log = run / "descriptor" / "logs" / "train_log.jsonl"
-    proc = subprocess.Popen(_train_cmd(run), env=_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        _train_cmd(run), env=_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     deadline = time.time() + 120
     while not (log.exists() and log.read_text().strip()) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -392,8 +409,14 @@ def test_stage_bundle_inference_writes_dense_features(tiny_run, tmp_path):
     import logging
 
     handlers = logging.getLogger().handlers[:]
-    run_bundle("screener_descriptor", "inference.yaml", plans_file=str(tiny_run / "plans.json"), image=str(scan),
-               output=str(out), device="cpu")
+    run_bundle(
+        "screener_descriptor",
+        "inference.yaml",
+        plans_file=str(tiny_run / "plans.json"),
+        image=str(scan),
+        output=str(out),
+        device="cpu",
+    )
     # the bundle's logging.conf (a handler bound to this moment's stdout) does not outlive the run
     assert logging.getLogger().handlers == handlers
     feats = nib.load(str(out))
@@ -405,8 +428,9 @@ def test_stage_bundle_inference_writes_dense_features(tiny_run, tmp_path):
     # a voxel of the scan and its cache position are the same point in the world
     p = np.array([20.0, 30.0, 10.0])
     q = CaseGeometry(meta).to_cache(p)
-    np.testing.assert_allclose((cache_affine(meta) @ np.append(q, 1))[:3], (img.affine @ np.append(p, 1))[:3],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        (cache_affine(meta) @ np.append(q, 1))[:3], (img.affine @ np.append(p, 1))[:3], atol=1e-6
+    )
     np.testing.assert_allclose(feats.affine, cache_affine(meta), atol=1e-5)
 
 

@@ -19,9 +19,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from conftest import ras_affine, simple_ct, write_ct_folder, write_nifti
 from run_utils import make_random_run as _make_run
+
 from screener_plans.cli import main
 from screener_plans.errors import ScreenerError
 from screener_plans.zoo import export_torchscript, fetch, list_models, load_torchscript_scorer, publish
@@ -50,8 +50,14 @@ def env(tmp_path_factory, one_thread):
     write_nifti(scans / "scan.nii.gz", simple_ct((40, 36, 20), seed=9), ras_affine((3.0, 3.0, 4.0), (5.0, -3.0, 10.0)))
     from screener_plans.planning.planner import plan
 
-    plans = plan(data, root / "planned", device="cpu", workers=1, progress=False,
-                 overrides={"crop_size": [16, 16, 16], "spacing": [4.0, 4.0, 4.0], "inference.sw_batch_size": 4})
+    plans = plan(
+        data,
+        root / "planned",
+        device="cpu",
+        workers=1,
+        progress=False,
+        overrides={"crop_size": [16, 16, 16], "spacing": [4.0, 4.0, 4.0], "inference.sw_batch_size": 4},
+    )
     masked = _make_run(root, plans, "masked", "flow")
     sincos = _make_run(root, plans, "sincos", "gaussian", features="descriptor")  # the paper's descriptor path
     zoo = root / "zoo"
@@ -85,8 +91,17 @@ def test_publish_list_fetch_predict_round_trip(env, tmp_path, capsys):
     dest = tmp_path / "models"
     assert main(["zoo", "fetch", "chest@0.1.0", str(dest), "--zoo", str(env["zoo"])]) == 0
     bundle = dest / "chest"
-    for rel in ("configs/metadata.json", "configs/inference.yaml", "configs/export.yaml", "models/model.pt",
-                "models/density_config.json", "plans.json", "calibration.json", "docs/README.md", "LICENSE"):
+    for rel in (
+        "configs/metadata.json",
+        "configs/inference.yaml",
+        "configs/export.yaml",
+        "models/model.pt",
+        "models/density_config.json",
+        "plans.json",
+        "calibration.json",
+        "docs/README.md",
+        "LICENSE",
+    ):
         assert (bundle / rel).is_file(), rel
     assert sorted(p.name for p in dest.iterdir()) == ["chest"]  # no temporary leftovers
     plans = json.loads((bundle / "plans.json").read_text())
@@ -200,8 +215,9 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 def test_file_url_and_http_zoo(env, tmp_path):
     assert _version(fetch("chest", tmp_path / "f", env["zoo"].as_uri())) == "0.10.0"
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler,
-                                                                                directory=str(env["zoo"])))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(env["zoo"]))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -243,12 +259,15 @@ def test_verify_metadata_offline(env, tmp_path):
     from monai.bundle import verify_metadata
 
     fetched = fetch("chest", tmp_path, env["zoo"])
-    metas = [ROOT / "bundles" / f"screener_{b}" / "configs" / "metadata.json"
-             for b in ("descriptor", "condition", "density", "inference")]
+    metas = [
+        ROOT / "bundles" / f"screener_{b}" / "configs" / "metadata.json"
+        for b in ("descriptor", "condition", "density", "inference")
+    ]
     for meta in metas + [fetched / "configs" / "metadata.json"]:
         verify_metadata(meta_file=str(meta), filepath=str(SCHEMA))
-    verify_metadata(meta_file=str(fetched / "configs" / "metadata.json"),
-                    filepath=str(fetched / "configs" / "meta_schema.json"))
+    verify_metadata(
+        meta_file=str(fetched / "configs" / "metadata.json"), filepath=str(fetched / "configs" / "meta_schema.json")
+    )
     bad = json.loads(metas[0].read_text())
     del bad["version"]
     (tmp_path / "bad.json").write_text(json.dumps(bad))
@@ -262,16 +281,30 @@ def test_verify_net_in_out(env, tmp_path):
     bundles = ROOT / "bundles"
     for stage in ("descriptor", "condition"):
         d = bundles / f"screener_{stage}" / "configs"
-        verify_net_in_out(net_id="network_def", meta_file=str(d / "metadata.json"), config_file=str(d / "train.yaml"),
-                          device="cpu", plans_file=str(env["masked"] / "plans.json"))
+        verify_net_in_out(
+            net_id="network_def",
+            meta_file=str(d / "metadata.json"),
+            config_file=str(d / "train.yaml"),
+            device="cpu",
+            plans_file=str(env["masked"] / "plans.json"),
+        )
     # the density stage's metadata describes the whole scorer of a (masked-condition) run
-    verify_net_in_out(net_id="network_def", meta_file=str(bundles / "screener_density" / "configs" / "metadata.json"),
-                      config_file=str(bundles / "screener_inference" / "configs" / "export.yaml"), device="cpu",
-                      bundle_root=str(env["masked"]))
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(bundles / "screener_density" / "configs" / "metadata.json"),
+        config_file=str(bundles / "screener_inference" / "configs" / "export.yaml"),
+        device="cpu",
+        bundle_root=str(env["masked"]),
+    )
     for model in ("chest", "chest-sincos"):
         b = fetch(model, tmp_path, env["zoo"])
-        verify_net_in_out(net_id="network_def", meta_file=str(b / "configs" / "metadata.json"),
-                          config_file=str(b / "configs" / "export.yaml"), device="cpu", bundle_root=str(b))
+        verify_net_in_out(
+            net_id="network_def",
+            meta_file=str(b / "configs" / "metadata.json"),
+            config_file=str(b / "configs" / "export.yaml"),
+            device="cpu",
+            bundle_root=str(b),
+        )
 
 
 @pytest.mark.parametrize("model", ["chest", "chest-sincos"])
@@ -300,14 +333,28 @@ def test_torchscript_matches_eager_and_predicts(env, tmp_path, model):
     with pytest.raises(ScreenerError, match="exported for spacing"):
         load_torchscript_scorer(ts, {**plans, "spacing": [9.0, 9.0, 9.0]})
     assert main(["predict", str(bundle), str(env["scan"]), str(tmp_path / "eager"), "--device", "cpu"]) == 0
-    assert main(["predict", str(bundle), str(env["scan"]), str(tmp_path / "ts"), "--device", "cpu",
-                 "--torchscript"]) == 0
+    assert (
+        main(["predict", str(bundle), str(env["scan"]), str(tmp_path / "ts"), "--device", "cpu", "--torchscript"]) == 0
+    )
     np.testing.assert_allclose(_map(tmp_path / "ts"), _map(tmp_path / "eager"), rtol=1e-4, atol=1e-3)
     if model == "chest":  # a training run exports too, to any path
         run_ts = export_torchscript(env["masked"], tmp_path / "run.ts")
         assert not any(p.name.startswith(".") for p in env["masked"].iterdir())  # its temporary bundle is gone
-        assert main(["predict", str(env["masked"]), str(env["scan"]), str(tmp_path / "run_ts"), "--device", "cpu",
-                     "--torchscript", str(run_ts)]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    str(env["masked"]),
+                    str(env["scan"]),
+                    str(tmp_path / "run_ts"),
+                    "--device",
+                    "cpu",
+                    "--torchscript",
+                    str(run_ts),
+                ]
+            )
+            == 0
+        )
         np.testing.assert_allclose(_map(tmp_path / "run_ts"), _map(tmp_path / "eager"), rtol=1e-4, atol=1e-3)
 
 
@@ -320,9 +367,9 @@ def test_torchscript_missing_is_a_clear_error(env, tmp_path, capsys):
 def test_onnx_export_matches_eager(env, tmp_path):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
+    from screener_plans.nets import coordinate_grid_mm
     from screener_plans.planning.plans import load_plans
     from screener_plans.zoo import PatchScorer, export_onnx
-    from screener_plans.nets import coordinate_grid_mm
 
     bundle = fetch("chest-sincos", tmp_path, env["zoo"])
     path = export_onnx(bundle)
@@ -352,8 +399,10 @@ def test_torchscript_of_retrained_weights_is_refused_and_same_weights_are_one_mo
     plans = load_plans(run / "plans.json")
     publish(run, tmp_path / "zoo", "same", "1.0.0")
     bundle = fetch("same", tmp_path / "fetched", tmp_path / "zoo")
-    ids = {model_fingerprint(s, 1.5) for s in (load_run_scorer(run, plans), load_run_scorer(run, plans, True),
-                                               load_run_scorer(bundle, plans))}
+    ids = {
+        model_fingerprint(s, 1.5)
+        for s in (load_run_scorer(run, plans), load_run_scorer(run, plans, True), load_run_scorer(bundle, plans))
+    }
     assert len(ids) == 1
     out = tmp_path / "out"
     assert main(["predict", str(run), str(env["scan"]), str(out), "--device", "cpu"]) == 0
@@ -365,8 +414,10 @@ def test_torchscript_of_retrained_weights_is_refused_and_same_weights_are_one_mo
     torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, density)
     with pytest.raises(ScreenerError, match="exported from other weights"):
         load_run_scorer(run, plans, True)
-    assert main(["predict", str(run), str(env["scan"]), str(tmp_path / "o2"), "--device", "cpu",
-                 "--torchscript", "true"]) == 2
+    assert (
+        main(["predict", str(run), str(env["scan"]), str(tmp_path / "o2"), "--device", "cpu", "--torchscript", "true"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "exported from other weights" in err and f"screener zoo export {run}" in err
 
@@ -378,7 +429,8 @@ def test_publish_warns_without_calibration_and_refuses_a_stale_one(env, tmp_path
     with caplog.at_level("WARNING"):
         publish(run, tmp_path / "zoo", "uncal", "1.0.0")
     assert "has no calibration.json" in caplog.text and f"screener calibrate {run}" in caplog.text
-    (run / "calibration.json").write_text(json.dumps({"threshold": 2.0, "quantile": 0.999, "cases": [],
-                                                      "density_model": "0" * 16}))  # another density's
+    (run / "calibration.json").write_text(
+        json.dumps({"threshold": 2.0, "quantile": 0.999, "cases": [], "density_model": "0" * 16})
+    )  # another density's
     with pytest.raises(ScreenerError, match="calibrated with another density model"):
         publish(run, tmp_path / "zoo", "uncal", "2.0.0")

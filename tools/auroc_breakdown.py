@@ -54,8 +54,12 @@ def auroc_breakdown(scores, lesion, lesion_group, normal_group) -> dict:
         keep = lg != g
         if keep.any():
             without[g] = float(1.0 - wrong_pos[keep].sum() / (float(keep.sum()) * neg.size))
-    return {"auroc": float(1.0 - wrong_pos.sum() / pairs), "loss_by_lesion": by_lesion,
-            "loss_by_normal": by_normal, "auroc_without": without}
+    return {
+        "auroc": float(1.0 - wrong_pos.sum() / pairs),
+        "loss_by_lesion": by_lesion,
+        "loss_by_normal": by_normal,
+        "auroc_without": without,
+    }
 
 
 def voxel_groups(data: Path, entry: dict, label: np.ndarray, family: str = "standard") -> tuple[np.ndarray, np.ndarray]:
@@ -80,8 +84,11 @@ def load_groups(data: Path, mask_dir: Path | None) -> dict:
     cases = {}
     for entry in meta["test"]:
         label = np.asarray(nib.load(data / entry["label"]).dataobj) > 0
-        body = (np.asarray(nib.load(mask_dir / f"{entry['case']}.nii.gz").dataobj) > 0 if mask_dir
-                else np.ones(label.shape, bool))
+        body = (
+            np.asarray(nib.load(mask_dir / f"{entry['case']}.nii.gz").dataobj) > 0
+            if mask_dir
+            else np.ones(label.shape, bool)
+        )
         kind, tissue = voxel_groups(data, entry, label, meta.get("family", "standard"))
         cases[entry["case"]] = {"label": label[body], "kind": kind[body], "tissue": tissue[body], "body": body}
     return {"cases": cases, "tissue_names": meta["tissue_classes"]}
@@ -103,8 +110,9 @@ def breakdown_of(pred_dir: Path, groups: dict) -> dict:
     tissue = groups["tissue_names"]
     out["loss_by_lesion"] = {kind_names.get(k, "other"): v for k, v in out["loss_by_lesion"].items()}
     out["auroc_without"] = {kind_names.get(k, "other"): v for k, v in out["auroc_without"].items()}
-    out["loss_by_normal"] = {tissue.get(str(k), str(k)): v for k, v in
-                             sorted(out["loss_by_normal"].items(), key=lambda kv: -kv[1])}
+    out["loss_by_normal"] = {
+        tissue.get(str(k), str(k)): v for k, v in sorted(out["loss_by_normal"].items(), key=lambda kv: -kv[1])
+    }
     return out
 
 

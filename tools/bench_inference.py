@@ -157,17 +157,37 @@ def make_scan(folder: Path, shape, spacing) -> Path:
     return path
 
 
-def bench_preset(preset: str, scan: Path, out: Path, device: str, repeats: int, overrides: dict,
-                 folder_scans: int = 0) -> dict:
+def bench_preset(
+    preset: str, scan: Path, out: Path, device: str, repeats: int, overrides: dict, folder_scans: int = 0
+) -> dict:
     from screener_plans.engines.untrained import write_untrained_run
     from screener_plans.planning.planner import plan
 
     run = out / f"run_{preset}"
-    plans = plan(scan.parent, out / f"planned_{preset}", device=device if device != "auto" else "cpu", workers=1,
-                 progress=False, overrides={"preset": preset, **overrides})
+    plans = plan(
+        scan.parent,
+        out / f"planned_{preset}",
+        device=device if device != "auto" else "cpu",
+        workers=1,
+        progress=False,
+        overrides={"preset": preset, **overrides},
+    )
     write_untrained_run(run, plans)
-    p = subprocess.run([sys.executable, "-c", WORKER, str(run), str(scan), str(out / f"pred_{preset}"), device,
-                        str(repeats), str(folder_scans)], capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            WORKER,
+            str(run),
+            str(scan),
+            str(out / f"pred_{preset}"),
+            device,
+            str(repeats),
+            str(folder_scans),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if p.returncode != 0:
         raise SystemExit(p.stderr[-3000:])
     result = json.loads([line for line in p.stdout.splitlines() if line.startswith("RESULT ")][-1][7:])
@@ -175,29 +195,39 @@ def bench_preset(preset: str, scan: Path, out: Path, device: str, repeats: int, 
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| preset | device | cache shape | windows | end to end (s) | read | preprocess | sliding window | "
-             "resample back | write | bare forward (s) | overhead | peak RSS (GB) | peak GPU (GB) |",
-             "|---" * 14 + "|"]
+    lines = [
+        "| preset | device | cache shape | windows | end to end (s) | read | preprocess | sliding window | "
+        "resample back | write | bare forward (s) | overhead | peak RSS (GB) | peak GPU (GB) |",
+        "|---" * 14 + "|",
+    ]
     for r in rows:
         ph = r["phases_s"]
         gpu = f"{r['peak_gpu_mb'] / 1024:.2f}" if r["peak_gpu_mb"] is not None else "-"
-        lines.append(f"| {r['preset']} | {r['device']} | {'x'.join(map(str, r['cache_shape']))} | {r['windows']} | "
-                     f"{r['end_to_end_s']:.1f} | {ph['read']:.1f} | {ph['preprocess']:.1f} | "
-                     f"{ph['sliding_window']:.1f} | {ph['resample_back']:.1f} | {ph['write']:.1f} | "
-                     f"{r['bare_forward_s']:.1f} | {r['overhead']:.2f} | {r.get('peak_rss_case_mb', r['peak_rss_mb']) / 1024:.2f} | "
-                     f"{gpu} |")
+        lines.append(
+            f"| {r['preset']} | {r['device']} | {'x'.join(map(str, r['cache_shape']))} | {r['windows']} | "
+            f"{r['end_to_end_s']:.1f} | {ph['read']:.1f} | {ph['preprocess']:.1f} | "
+            f"{ph['sliding_window']:.1f} | {ph['resample_back']:.1f} | {ph['write']:.1f} | "
+            f"{r['bare_forward_s']:.1f} | {r['overhead']:.2f} | {r.get('peak_rss_case_mb', r['peak_rss_mb']) / 1024:.2f} | "
+            f"{gpu} |"
+        )
     folders = [r for r in rows if r.get("folder")]
     if folders:
-        lines += ["", "| preset | device | folder of | background read/write threads | wall (s) | per scan (s) | "
-                      "bare forward (s) | overhead per scan | peak RSS (GB) |", "|---" * 9 + "|"]
+        lines += [
+            "",
+            "| preset | device | folder of | background read/write threads | wall (s) | per scan (s) | "
+            "bare forward (s) | overhead per scan | peak RSS (GB) |",
+            "|---" * 9 + "|",
+        ]
         for r in folders:
             for f, note in ((r["folder"], " (what predict does here)"), (r.get("folder_other"), "")):
                 if f is None:
                     continue
-                lines.append(f"| {r['preset']} | {r['device']} | {f['scans']} | "
-                             f"{'yes' if f['background_threads'] else 'no'}{note} | {f['wall_s']:.1f} | "
-                             f"{f['per_scan_s']:.1f} | {r['bare_forward_s']:.1f} | {f['overhead']:.2f} | "
-                             f"{f.get('peak_rss_mb', r['peak_rss_mb']) / 1024:.2f} |")
+                lines.append(
+                    f"| {r['preset']} | {r['device']} | {f['scans']} | "
+                    f"{'yes' if f['background_threads'] else 'no'}{note} | {f['wall_s']:.1f} | "
+                    f"{f['per_scan_s']:.1f} | {r['bare_forward_s']:.1f} | {f['overhead']:.2f} | "
+                    f"{f.get('peak_rss_mb', r['peak_rss_mb']) / 1024:.2f} |"
+                )
     return "\n".join(lines)
 
 
@@ -210,14 +240,20 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="passes per measurement; the fastest counts")
     ap.add_argument("--set", action="append", default=[], help="plans override key=value (repeatable)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/screener_bench_inference"))
-    ap.add_argument("--folder-scans", type=int, default=3,
-                    help="also time `screener predict` over a folder of this many copies (0: skip)")
+    ap.add_argument(
+        "--folder-scans",
+        type=int,
+        default=3,
+        help="also time `screener predict` over a folder of this many copies (0: skip)",
+    )
     args = ap.parse_args()
     from screener_plans.planning.plans import parse_overrides
 
     scan = make_scan(args.out / "scan", args.shape, args.spacing)
-    rows = [bench_preset(p, scan, args.out, args.device, args.repeats, parse_overrides(args.set), args.folder_scans)
-            for p in args.presets.split(",")]
+    rows = [
+        bench_preset(p, scan, args.out, args.device, args.repeats, parse_overrides(args.set), args.folder_scans)
+        for p in args.presets.split(",")
+    ]
     report = {"scan": {"shape": args.shape, "spacing": args.spacing}, "rows": rows}
     (args.out / "bench_inference.json").write_text(json.dumps(report, indent=2))
     print(table(rows))

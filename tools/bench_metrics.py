@@ -30,7 +30,7 @@ def synthetic_volume(seed: int, side: int, lesions: int = 20) -> tuple[np.ndarra
         radius = int(rng.integers(2, max(3, side // 20)))
         center = rng.integers(radius, side - radius, size=3)
         box = tuple(slice(c - radius, c + radius + 1) for c in center)
-        x, y, z = np.ogrid[-radius:radius + 1, -radius:radius + 1, -radius:radius + 1]
+        x, y, z = np.ogrid[-radius : radius + 1, -radius : radius + 1, -radius : radius + 1]
         ball = x**2 + y**2 + z**2 <= radius**2
         labels[box][ball] = 1
         scores[box][ball] += np.float32(rng.uniform(0.5, 3.0))

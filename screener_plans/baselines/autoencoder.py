@@ -34,8 +34,11 @@ def autoencoder_path(run_dir) -> Path:
 
 def _block(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
     groups = 4 if c_out % 4 == 0 else 1
-    return [nn.Conv3d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.GroupNorm(groups, c_out),
-            nn.LeakyReLU(0.1, inplace=True)]
+    return [
+        nn.Conv3d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.GroupNorm(groups, c_out),
+        nn.LeakyReLU(0.1, inplace=True),
+    ]
 
 
 class ConvAutoencoder(nn.Module):
@@ -53,8 +56,11 @@ class ConvAutoencoder(nn.Module):
         dec = [nn.Conv3d(self.latent, c_in, 1), nn.LeakyReLU(0.1, inplace=True)]
         ups = list(reversed(self.channels))[1:] + [max(1, self.channels[0] // 2)]
         for i, c in enumerate(ups):
-            dec += [nn.ConvTranspose3d(c_in, c, 2, stride=2, bias=False), nn.GroupNorm(4 if c % 4 == 0 else 1, c),
-                    nn.LeakyReLU(0.1, inplace=True)]
+            dec += [
+                nn.ConvTranspose3d(c_in, c, 2, stride=2, bias=False),
+                nn.GroupNorm(4 if c % 4 == 0 else 1, c),
+                nn.LeakyReLU(0.1, inplace=True),
+            ]
             if i < len(ups) - 1:  # no wide conv at full resolution: it would cost most of the compute
                 dec += _block(c, c)
             c_in = c
@@ -143,9 +149,19 @@ def reconstruction_loss(model: nn.Module, x: torch.Tensor, loss: str = "l1") -> 
     return F.l1_loss(rec, x) if loss == "l1" else F.mse_loss(rec, x)
 
 
-def train_autoencoder(run_dir, plans: dict, steps: int, batch_size: int | None = None, device="cpu", seed: int = 0,
-                      log_every: int = 50, lr: float = 1e-3, loss: str = "l1", config: dict | None = None,
-                      save: bool = True) -> ConvAutoencoder:
+def train_autoencoder(
+    run_dir,
+    plans: dict,
+    steps: int,
+    batch_size: int | None = None,
+    device="cpu",
+    seed: int = 0,
+    log_every: int = 50,
+    lr: float = 1e-3,
+    loss: str = "l1",
+    config: dict | None = None,
+    save: bool = True,
+) -> ConvAutoencoder:
     """Train on random crops of the run's preprocessed training cases; saves ``RUN/baselines/autoencoder.pt``.
 
     ``batch_size`` defaults to the crops per step of Screener's descriptor (2 x plans batch_size).
@@ -169,8 +185,9 @@ def train_autoencoder(run_dir, plans: dict, steps: int, batch_size: int | None =
     optim = plans["optim"]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=optim["weight_decay"])
     if steps >= 3:
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
-                                                    pct_start=warmup_fraction(plans, steps))
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=lr, total_steps=steps, pct_start=warmup_fraction(plans, steps)
+        )
     else:  # OneCycleLR divides by zero below three steps
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     model.train()
@@ -186,14 +203,29 @@ def train_autoencoder(run_dir, plans: dict, steps: int, batch_size: int | None =
         losses.append(float(value.detach()))
         if log_every and ((step + 1) % log_every == 0 or step + 1 == steps):
             elapsed = time.monotonic() - t0
-            logger.info("autoencoder step %d/%d loss %.5f lr %.2e %.2f s/step", step + 1, steps,
-                        float(np.mean(losses[-log_every:])), sched.get_last_lr()[0], elapsed / (step + 1))
+            logger.info(
+                "autoencoder step %d/%d loss %.5f lr %.2e %.2f s/step",
+                step + 1,
+                steps,
+                float(np.mean(losses[-log_every:])),
+                sched.get_last_lr()[0],
+                elapsed / (step + 1),
+            )
     model.eval()
     model.losses = losses
     if save:
-        save_autoencoder(model, autoencoder_path(run_dir), {"steps": steps, "batch_size": batch_size, "lr": lr,
-                                                             "loss": loss, "seed": int(seed),
-                                                             "final_loss": float(np.mean(losses[-10:]))})
+        save_autoencoder(
+            model,
+            autoencoder_path(run_dir),
+            {
+                "steps": steps,
+                "batch_size": batch_size,
+                "lr": lr,
+                "loss": loss,
+                "seed": int(seed),
+                "final_loss": float(np.mean(losses[-10:])),
+            },
+        )
     return model
 
 

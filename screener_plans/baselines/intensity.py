@@ -80,8 +80,9 @@ class IntensityBaseline:
         return p / p.sum()
 
     @classmethod
-    def fit(cls, run_dir, plans: dict, max_cases: int | None = None, smooth_hu: float = 2.0,
-            floor: float = 1e-7) -> "IntensityBaseline":
+    def fit(
+        cls, run_dir, plans: dict, max_cases: int | None = None, smooth_hu: float = 2.0, floor: float = 1e-7
+    ) -> IntensityBaseline:
         """Histogram of body voxels over the run's preprocessed training cases (the first ``max_cases``)."""
         from screener_plans.data.dataset import training_cases
         from screener_plans.data.preprocess import load_case
@@ -111,16 +112,20 @@ class IntensityBaseline:
     def save(self, path) -> Path:
         path = Path(path)
         with atomic_path(path, suffix=".npz") as tmp:
-            np.savez(tmp, counts=self.counts, window=np.asarray(self.window, dtype=np.float64),
-                     smooth_hu=np.float64(self.smooth_hu), floor=np.float64(self.floor))
+            np.savez(
+                tmp,
+                counts=self.counts,
+                window=np.asarray(self.window, dtype=np.float64),
+                smooth_hu=np.float64(self.smooth_hu),
+                floor=np.float64(self.floor),
+            )
         return path
 
     @classmethod
-    def load(cls, path) -> "IntensityBaseline":
+    def load(cls, path) -> IntensityBaseline:
         path = Path(path)
         try:
             with np.load(path) as z:
-                return cls(z["counts"], z["window"].tolist(), smooth_hu=float(z["smooth_hu"]),
-                           floor=float(z["floor"]))
+                return cls(z["counts"], z["window"].tolist(), smooth_hu=float(z["smooth_hu"]), floor=float(z["floor"]))
         except (OSError, KeyError, ValueError) as e:
             raise ScreenerError(f"{path}: cannot load the intensity baseline ({e})") from None

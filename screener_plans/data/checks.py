@@ -19,8 +19,11 @@ def squeeze_to_3d(case: CaseImage) -> CaseImage:
     if arr.ndim > 3:
         raise BadCaseError(case.path, f"{arr.ndim}D image of shape {tuple(arr.shape)}; expected one 3D CT volume")
     if arr.ndim < 3 or min(arr.shape) < MIN_SIDE:
-        raise BadCaseError(case.path, f"2D image or too few slices (shape {tuple(arr.shape)}); "
-                                      f"expected a 3D CT volume at least {MIN_SIDE} voxels on each side")
+        raise BadCaseError(
+            case.path,
+            f"2D image or too few slices (shape {tuple(arr.shape)}); "
+            f"expected a 3D CT volume at least {MIN_SIDE} voxels on each side",
+        )
     case.array = arr
     return case
 
@@ -34,15 +37,18 @@ def check_geometry(case: CaseImage) -> None:
     spacing = case.spacing
     pixdim = case.meta.get("pixdim")
     if pixdim is not None and len(pixdim) >= 4 and np.any(np.asarray(pixdim[1:4], dtype=float) <= 0):
-        raise BadCaseError(case.path, f"invalid voxel spacing {list(np.round(pixdim[1:4], 4))} in the header "
-                                      "(must be positive)")
+        raise BadCaseError(
+            case.path, f"invalid voxel spacing {list(np.round(pixdim[1:4], 4))} in the header (must be positive)"
+        )
     if not np.all(np.isfinite(case.affine)):
         raise BadCaseError(case.path, "affine contains non-finite values")
     if np.any(spacing <= 1e-6):
         raise BadCaseError(case.path, f"invalid voxel spacing {_mm(spacing)} mm (zero)")
     if np.any(spacing > MAX_SPACING_MM):
-        raise BadCaseError(case.path, f"implausible voxel spacing {_mm(spacing)} mm "
-                                      f"(more than {MAX_SPACING_MM:g} mm); check the header")
+        raise BadCaseError(
+            case.path,
+            f"implausible voxel spacing {_mm(spacing)} mm (more than {MAX_SPACING_MM:g} mm); check the header",
+        )
 
 
 def check_intensities(case: CaseImage) -> None:
@@ -59,10 +65,15 @@ def check_intensities(case: CaseImage) -> None:
         raise BadCaseError(case.path, f"DICOM modality is {case.meta['modality']}, not CT")
     if lo >= -200:
         if case.meta.get("dicom_rescale") is False:
-            raise BadCaseError(case.path, f"DICOM without RescaleSlope/RescaleIntercept: stored values "
-                                          f"[{lo:g}, {hi:g}] are not Hounsfield units")
-        raise BadCaseError(case.path, f"intensities [{lo:g}, {hi:g}] do not look like CT in Hounsfield units "
-                                      "(no air near -1000 HU): MRI, raw DICOM values or a normalized image?")
+            raise BadCaseError(
+                case.path,
+                f"DICOM without RescaleSlope/RescaleIntercept: stored values [{lo:g}, {hi:g}] are not Hounsfield units",
+            )
+        raise BadCaseError(
+            case.path,
+            f"intensities [{lo:g}, {hi:g}] do not look like CT in Hounsfield units "
+            "(no air near -1000 HU): MRI, raw DICOM values or a normalized image?",
+        )
     if lo < -4000 or hi > 40000:
         raise BadCaseError(case.path, f"intensities [{lo:g}, {hi:g}] are outside any CT range")
 

@@ -29,8 +29,13 @@ class CaseCache:
         name = self.names[index]
         if name not in self._open:
             image, mask, meta = load_case(self.run_dir, name)
-            self._open[name] = {"image": image, "mask": mask, "spacing": meta["spacing"],
-                                "origin_mm": meta["crop_origin_mm"], "name": name}
+            self._open[name] = {
+                "image": image,
+                "mask": mask,
+                "spacing": meta["spacing"],
+                "origin_mm": meta["crop_origin_mm"],
+                "name": name,
+            }
         return self._open[name]
 
 
@@ -66,7 +71,9 @@ class PairDataset(_IndexedDataset):
         masked = stage == "condition"
         self.salt = 1 if masked else 0
         self.sampler = PairSampler(
-            crop_size=plans["crop_size"], n_positions=plans["pairs_per_crop"], scale_range=tuple(plans["crop_scale"]),
+            crop_size=plans["crop_size"],
+            n_positions=plans["pairs_per_crop"],
+            scale_range=tuple(plans["crop_scale"]),
             augment=color_augment(plans),
             mask_block_size=plans["masking"]["block_size"] if masked else None,
             mask_ratio=plans["masking"]["ratio"] if masked else 0.0,
@@ -87,9 +94,14 @@ def color_augment(plans: dict):
     lo, hi = plans["intensity"]["window"]
     per_hu = 1.0 / (hi - lo)
     c = aug["contrast"]
-    return ColorAugment(brightness=aug["brightness_hu"] * per_hu, contrast=(1 - c, 1 + c), gamma=(1 - c, 1 / (1 - c)),
-                        noise_std=(0.0, aug["noise_hu"] * per_hu), blur_sigma=(0.0, aug["blur_sigma"]),
-                        sharpen=(0.0, 0.5))
+    return ColorAugment(
+        brightness=aug["brightness_hu"] * per_hu,
+        contrast=(1 - c, 1 + c),
+        gamma=(1 - c, 1 / (1 - c)),
+        noise_std=(0.0, aug["noise_hu"] * per_hu),
+        blur_sigma=(0.0, aug["blur_sigma"]),
+        sharpen=(0.0, 0.5),
+    )
 
 
 def random_crop(image, mask, crop_size, rng: np.random.Generator):
@@ -122,8 +134,11 @@ class CropDataset(_IndexedDataset):
         crop, start = random_crop(case["image"], case["mask"], self.plans_crop, rng)
         spacing = np.asarray(case["spacing"], dtype=np.float32)
         origin = np.asarray(case["origin_mm"], dtype=np.float32) + start * spacing
-        return {"image": torch.from_numpy(crop), "origin_mm": torch.from_numpy(origin.astype(np.float32)),
-                "spacing": torch.from_numpy(spacing)}
+        return {
+            "image": torch.from_numpy(crop),
+            "origin_mm": torch.from_numpy(origin.astype(np.float32)),
+            "spacing": torch.from_numpy(spacing),
+        }
 
     def __init__(self, run_dir, plans, length: int, **kw):
         super().__init__(run_dir, plans, length, **kw)

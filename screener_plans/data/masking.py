@@ -24,7 +24,9 @@ def block_mask(crop_size: Sequence[int], block_size, ratio: float, rng: np.rando
     crop = np.asarray([int(c) for c in crop_size])
     block = np.broadcast_to(np.asarray(block_size, dtype=np.intp), (3,))
     if crop.shape != (3,) or np.any(crop < 1) or np.any(block < 1):
-        raise ScreenerError(f"block_mask: expected positive crop_size (3) and block_size, got {crop_size}, {block_size}")
+        raise ScreenerError(
+            f"block_mask: expected positive crop_size (3) and block_size, got {crop_size}, {block_size}"
+        )
     if not 0.0 <= ratio <= 1.0:
         raise ScreenerError(f"mask ratio: expected a fraction in [0, 1], got {ratio}")
     offset = rng.integers(0, block)

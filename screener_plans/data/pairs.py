@@ -217,8 +217,10 @@ def gather_descriptors(features: torch.Tensor, positions: torch.Tensor) -> torch
     (B * n, d), differentiable w.r.t. ``features``; float32 for half-precision inputs.
     """
     if features.ndim != 5 or positions.ndim != 3 or positions.shape[-1] != 3:
-        raise ValueError(f"expected features (B, d, X, Y, Z) and positions (B, n, 3), got "
-                         f"{tuple(features.shape)} and {tuple(positions.shape)}")
+        raise ValueError(
+            f"expected features (B, d, X, Y, Z) and positions (B, n, 3), got "
+            f"{tuple(features.shape)} and {tuple(positions.shape)}"
+        )
     if features.shape[0] != positions.shape[0]:
         raise ValueError(f"batch sizes differ: features {features.shape[0]}, positions {positions.shape[0]}")
     if features.dtype not in (torch.float32, torch.float64):
@@ -317,8 +319,15 @@ class PairSampler:
 
         rng = self._generator() if rng is None else rng
         out = sample_pair(
-            case["image"], case["mask"], self.crop_size, self._scales(case), self.n_positions, rng,
-            min_overlap=self.min_overlap, isotropic=self.isotropic, max_tries=self.max_tries,
+            case["image"],
+            case["mask"],
+            self.crop_size,
+            self._scales(case),
+            self.n_positions,
+            rng,
+            min_overlap=self.min_overlap,
+            isotropic=self.isotropic,
+            max_tries=self.max_tries,
         )
         crops = []
         for k in range(2):

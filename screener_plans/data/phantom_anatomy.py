@@ -39,23 +39,51 @@ class Tissue(IntEnum):
 
 # Material -> tissue class; HU per material comes from the case's contrast protocol.
 MATERIALS: dict[str, Tissue] = {
-    "air": Tissue.AIR, "fat_sc": Tissue.FAT, "fat": Tissue.FAT, "skin": Tissue.MUSCLE,
-    "muscle": Tissue.MUSCLE, "lung": Tissue.LUNG, "heart_wall": Tissue.BLOOD,
-    "blood": Tissue.BLOOD, "blood_right": Tissue.BLOOD, "ivc": Tissue.BLOOD,
-    "liver": Tissue.LIVER, "kidney_cortex": Tissue.KIDNEY, "kidney_medulla": Tissue.KIDNEY,
-    "sinus_fat": Tissue.FAT, "bone_cortex": Tissue.BONE, "bone_marrow": Tissue.BONE,
-    "bone_arch": Tissue.BONE, "spleen": Tissue.SPLEEN, "bowel_wall": Tissue.BOWEL,
-    "bowel_fluid": Tissue.BOWEL, "gas": Tissue.BOWEL, "airway": Tissue.AIRWAY,
-    "table": Tissue.TABLE, "table_foam": Tissue.TABLE, "disc": Tissue.SOFT, "csf": Tissue.SOFT,
-    "esophagus": Tissue.SOFT, "gallbladder": Tissue.SOFT,
+    "air": Tissue.AIR,
+    "fat_sc": Tissue.FAT,
+    "fat": Tissue.FAT,
+    "skin": Tissue.MUSCLE,
+    "muscle": Tissue.MUSCLE,
+    "lung": Tissue.LUNG,
+    "heart_wall": Tissue.BLOOD,
+    "blood": Tissue.BLOOD,
+    "blood_right": Tissue.BLOOD,
+    "ivc": Tissue.BLOOD,
+    "liver": Tissue.LIVER,
+    "kidney_cortex": Tissue.KIDNEY,
+    "kidney_medulla": Tissue.KIDNEY,
+    "sinus_fat": Tissue.FAT,
+    "bone_cortex": Tissue.BONE,
+    "bone_marrow": Tissue.BONE,
+    "bone_arch": Tissue.BONE,
+    "spleen": Tissue.SPLEEN,
+    "bowel_wall": Tissue.BOWEL,
+    "bowel_fluid": Tissue.BOWEL,
+    "gas": Tissue.BOWEL,
+    "airway": Tissue.AIRWAY,
+    "table": Tissue.TABLE,
+    "table_foam": Tissue.TABLE,
+    "disc": Tissue.SOFT,
+    "csf": Tissue.SOFT,
+    "esophagus": Tissue.SOFT,
+    "gallbladder": Tissue.SOFT,
 }
 MAT = {name: i for i, name in enumerate(MATERIALS)}
 # HU keys used besides the materials: partial-volume overlays and the lung density gradient.
 OVERLAY_KEYS = ("lung_vessel", "portal", "hepatic", "rib", "cartilage", "airway_wall", "lung_gradient")
 _MAT_TISSUE = np.array([int(t) for t in MATERIALS.values()], np.uint8)
 # Low-frequency texture amplitude (HU per unit of a smooth random field) per material.
-_TEXTURE = {"fat_sc": 6.0, "fat": 10.0, "muscle": 5.0, "lung": 14.0, "liver": 4.0,
-            "spleen": 5.0, "kidney_cortex": 4.0, "bone_marrow": 40.0, "bowel_fluid": 8.0}
+_TEXTURE = {
+    "fat_sc": 6.0,
+    "fat": 10.0,
+    "muscle": 5.0,
+    "lung": 14.0,
+    "liver": 4.0,
+    "spleen": 5.0,
+    "kidney_cortex": 4.0,
+    "bone_marrow": 40.0,
+    "bowel_fluid": 8.0,
+}
 
 
 def smoothstep(x, x0, x1):
@@ -66,8 +94,7 @@ def smoothstep(x, x0, x1):
 
 def _bspline3(x):
     x = np.abs(x)
-    return np.where(x < 1, 2.0 / 3.0 - x * x + 0.5 * x ** 3,
-                    np.where(x < 2, (2.0 - x) ** 3 / 6.0, 0.0))
+    return np.where(x < 1, 2.0 / 3.0 - x * x + 0.5 * x**3, np.where(x < 2, (2.0 - x) ** 3 / 6.0, 0.0))
 
 
 def smooth_field(rng, shape, spacing, scale_mm):
@@ -90,7 +117,7 @@ def smooth_field(rng, shape, spacing, scale_mm):
     f = np.matmul(mats[1], f)
     f = f @ mats[2].T
     # Cubic B-spline weights have sum of squares ~0.48 per axis; undo that shrinkage.
-    return f * np.float32(0.479 ** -1.5)
+    return f * np.float32(0.479**-1.5)
 
 
 @dataclass
@@ -115,8 +142,7 @@ class Grid:
     def to_vox(self, p):
         p = np.asarray(p, np.float64)
         dx, dy, dz = self.spacing
-        return np.stack([self.ic + p[..., 0] / dx, self.jc + p[..., 1] / dy,
-                         (p[..., 2] - self.t0) / dz], -1)
+        return np.stack([self.ic + p[..., 0] / dx, self.jc + p[..., 1] / dy, (p[..., 2] - self.t0) / dz], -1)
 
     def box(self, lo, hi):
         """Slices covering the mm box [lo, hi] (u, v, t), clipped to the grid; None if empty."""
@@ -139,6 +165,7 @@ class Grid:
 
 
 # ----------------------------------------------------------------------------- tubes and trees
+
 
 def _frames(d, up=None):
     """Unit vectors (e1, e2) perpendicular to unit directions d (N,3); e2 follows ``up`` if given."""
@@ -175,7 +202,7 @@ def tube_samples(p0, p1, ra, rb=None, up=None, step=1.0):
     e1, e2 = _frames(d, None if up is None else np.broadcast_to(up, d.shape))
     n_along = np.maximum(np.ceil(length / step).astype(int), 1)
     # Cross-section sample counts rounded up on a ladder (ratio ~1.25) to keep few groups.
-    n_cross = np.maximum(np.pi * ra * rb / step ** 2, 1.0)
+    n_cross = np.maximum(np.pi * ra * rb / step**2, 1.0)
     n_cross = np.ceil(1.25 ** np.ceil(np.log(n_cross) / np.log(1.25)) - 1e-6).astype(int)
     pts, vols = [], []
     for m in np.unique(n_cross):
@@ -186,9 +213,11 @@ def tube_samples(p0, p1, ra, rb=None, up=None, step=1.0):
         frac = (k + 0.5) / np.repeat(na, na)
         centre = p0[seg] + d[seg] * (frac * length[seg])[:, None]
         off = _disk(int(m))
-        p = (centre[:, None, :]
-             + (ra[seg, None, None] * off[None, :, :1]) * e1[seg, None, :]
-             + (rb[seg, None, None] * off[None, :, 1:]) * e2[seg, None, :])
+        p = (
+            centre[:, None, :]
+            + (ra[seg, None, None] * off[None, :, :1]) * e1[seg, None, :]
+            + (rb[seg, None, None] * off[None, :, 1:]) * e2[seg, None, :]
+        )
         vol = np.pi * ra[seg] * rb[seg] * length[seg] / np.repeat(na, na)
         pts.append(p.reshape(-1, 3))
         vols.append(np.repeat(vol / m, m))
@@ -225,13 +254,25 @@ def splat(grid, pts, vols):
                 off = (a * local[1] + b) * local[2] + c
                 acc += np.bincount(base + off, wab * wz[c], minlength=size)
     clo, chi = np.maximum(lo, 0), np.minimum(hi, shape)
-    sub = acc.reshape(local)[tuple(slice(a - l, b - l) for a, b, l in zip(clo, chi, lo))]
+    sub = acc.reshape(local)[tuple(slice(a - o, b - o) for a, b, o in zip(clo, chi, lo))]
     box = tuple(slice(a, b) for a, b in zip(clo, chi))
     return box, np.minimum(sub, 1.0).astype(np.float32)
 
 
-def grow_tree(rng, grid, inside, roots, r_min, decay_mm=50.0, p_side=0.85, side_ratio=(0.45, 0.85),
-              seg_len=(0.5, 1.0), outward=0.3, max_gen=30, max_segments=20000):
+def grow_tree(
+    rng,
+    grid,
+    inside,
+    roots,
+    r_min,
+    decay_mm=50.0,
+    p_side=0.85,
+    side_ratio=(0.45, 0.85),
+    seg_len=(0.5, 1.0),
+    outward=0.3,
+    max_gen=30,
+    max_segments=20000,
+):
     """Randomly branching vessel tree from ``roots`` (pos, dir, radius, length arrays), in mm.
 
     Each segment continues with a slightly bent main branch and, with probability ``p_side``,
@@ -302,6 +343,7 @@ def ellipsoid_q(grid, centre, semi, rot=None, pad=1.05):
 
 # ----------------------------------------------------------------------------- body profile
 
+
 @dataclass
 class Body:
     """Per-patient anatomical parameters; :meth:`at` gives slice-wise body dimensions."""
@@ -351,11 +393,28 @@ class Body:
         kyph = self.kyph * np.sin((t - self.t_apex) / 250.0 * np.pi)
         v_canal = -b_post + f_post + (30 + 6 * abd) * s + r_canal + kyph
         v_vb = v_canal + r_canal + 3 * s + b_vb
-        return dict(t=t, abd=abd, neck=neck, a=a, b_ant=b_ant, b_post=b_post,
-                    f_lat=f_lat, f_ant=f_ant, f_post=f_post, m_lat=m_lat, m_ant=m_ant,
-                    m_post=m_post, ac=a - f_lat - m_lat, bca=b_ant - f_ant - m_ant,
-                    bcp=b_post - f_post - m_post, a_vb=a_vb, b_vb=b_vb, r_canal=r_canal,
-                    v_canal=v_canal, v_vb=v_vb)
+        return dict(
+            t=t,
+            abd=abd,
+            neck=neck,
+            a=a,
+            b_ant=b_ant,
+            b_post=b_post,
+            f_lat=f_lat,
+            f_ant=f_ant,
+            f_post=f_post,
+            m_lat=m_lat,
+            m_ant=m_ant,
+            m_post=m_post,
+            ac=a - f_lat - m_lat,
+            bca=b_ant - f_ant - m_ant,
+            bcp=b_post - f_post - m_post,
+            a_vb=a_vb,
+            b_vb=b_vb,
+            r_canal=r_canal,
+            v_canal=v_canal,
+            v_vb=v_vb,
+        )
 
 
 def sample_body(rng, max_half_width=None):
@@ -370,16 +429,26 @@ def sample_body(rng, max_half_width=None):
             s, a0 = s * shrink, a0 * shrink
     h = s * rng.uniform(0.93, 1.07)
     return Body(
-        s=s, h=h, fat=fat, a0=a0, b0=a0 * rng.uniform(0.62, 0.74), k_post=rng.uniform(0.84, 0.94),
-        belly=rng.uniform(0.0, 0.3) * fat, p_body=rng.uniform(2.1, 2.7),
-        wig=np.array([rng.uniform(0, 0.04), rng.uniform(0, 6.3), rng.uniform(0, 0.015),
-                      rng.uniform(0, 6.3)]),
-        t_apex=rng.uniform(175, 205) * h, dome_left=rng.uniform(8, 25) * h,
-        dome_depth=rng.uniform(55, 80) * h, heart=rng.uniform(0.9, 1.12) * s,
-        liver=rng.uniform(0.85, 1.15), kyph=rng.uniform(-6, 10) * s)
+        s=s,
+        h=h,
+        fat=fat,
+        a0=a0,
+        b0=a0 * rng.uniform(0.62, 0.74),
+        k_post=rng.uniform(0.84, 0.94),
+        belly=rng.uniform(0.0, 0.3) * fat,
+        p_body=rng.uniform(2.1, 2.7),
+        wig=np.array([rng.uniform(0, 0.04), rng.uniform(0, 6.3), rng.uniform(0, 0.015), rng.uniform(0, 6.3)]),
+        t_apex=rng.uniform(175, 205) * h,
+        dome_left=rng.uniform(8, 25) * h,
+        dome_depth=rng.uniform(55, 80) * h,
+        heart=rng.uniform(0.9, 1.12) * s,
+        liver=rng.uniform(0.85, 1.15),
+        kyph=rng.uniform(-6, 10) * s,
+    )
 
 
 # ----------------------------------------------------------------------------- builder
+
 
 @dataclass
 class Anatomy:
@@ -439,8 +508,7 @@ def build_anatomy(rng, grid, body, hu_of):
     skin = 1.5
     qs = np.abs(u / (d["a"] - skin)) ** p + np.abs(v / bsel(d["b_ant"] - skin, d["b_post"] - skin)) ** p
     P.mat[body_m & (qs > 1.0)] = MAT["skin"]
-    qf = ((u / (d["a"] - d["f_lat"])) ** 2
-          + (v / bsel(d["b_ant"] - d["f_ant"], d["b_post"] - d["f_post"])) ** 2)
+    qf = (u / (d["a"] - d["f_lat"])) ** 2 + (v / bsel(d["b_ant"] - d["f_ant"], d["b_post"] - d["f_post"])) ** 2
     P.mat[qf <= 1.0] = MAT["muscle"]
     qc = (u / d["ac"]) ** 2 + (v / bsel(d["bca"], d["bcp"])) ** 2
     cavity = qc <= 1.0
@@ -460,10 +528,9 @@ def build_anatomy(rng, grid, body, hu_of):
     # Each lung ends in a dome: its cross-section shrinks to a point at the apex.
     t_sh = body.t_apex - 85 * h
     k_ap = 1.15 * np.sqrt(1 - np.clip((t - t_sh) / (body.t_apex - t_sh), 0, 1) ** 2)
-    q_apex = (((np.abs(u) - 0.45 * d["ac"]) / (0.55 * d["ac"])) ** 2
-              + ((v + 0.2 * d["bcp"]) / (0.8 * d["bcp"])) ** 2)
+    q_apex = ((np.abs(u) - 0.45 * d["ac"]) / (0.55 * d["ac"])) ** 2 + ((v + 0.2 * d["bcp"]) / (0.8 * d["bcp"])) ** 2
     thorax = cavity & above
-    lung = thorax & (q_apex < k_ap ** 2)
+    lung = thorax & (q_apex < k_ap**2)
 
     # Mediastinum: a central column plus the heart; wider above the heart (great vessels).
     t_hc = 42 * h
@@ -474,8 +541,7 @@ def build_anatomy(rng, grid, body, hu_of):
     top_heart = t_hc + 40 * h
     wy = np.clip((vv - d["v_vb"]) / np.maximum(d["bca"] - d["v_vb"], 1), 0, 1)
     # Wide around the spine (aorta, oesophagus), thin behind the sternum (anterior junction).
-    w_med = ((7 + 21 * (1 - wy) ** 1.5) * s
-             + 12 * s * (1 - wy) * smoothstep(t, top_heart - 20, top_heart + 10))
+    w_med = (7 + 21 * (1 - wy) ** 1.5) * s + 12 * s * (1 - wy) * smoothstep(t, top_heart - 20, top_heart + 10)
     column = (np.abs(u + 4 * s) < w_med) & (vv > d["v_vb"] - 0.3 * d["b_vb"])
     lung &= ~column
     hb, hq = ellipsoid_q(g, heart_c, heart_semi, heart_rot, pad=1.0)
@@ -523,6 +589,7 @@ def build_anatomy(rng, grid, body, hu_of):
 
 # ----------------------------------------------------------------------------- organs
 
+
 def _circle_paint(P, centre_u, centre_v, ru, rv, t_lo, t_hi, name, where=None):
     """Paint a vertical tube whose centre (u, v) and radii may vary per slice (arrays over t)."""
     g = P.grid
@@ -538,8 +605,7 @@ def _circle_paint(P, centre_u, centre_v, ru, rv, t_lo, t_hi, name, where=None):
         x = np.asarray(x, np.float32)
         return x.reshape(1, 1, -1)[..., box[2]] if x.size == g.shape[2] else x
 
-    m = (((u - per_slice(centre_u)) / per_slice(ru)) ** 2
-         + ((v - per_slice(centre_v)) / per_slice(rv)) ** 2 <= 1)
+    m = ((u - per_slice(centre_u)) / per_slice(ru)) ** 2 + ((v - per_slice(centre_v)) / per_slice(rv)) ** 2 <= 1
     m = m & (t >= t_lo) & (t <= t_hi)
     if where is not None:
         m = m & np.isin(P.mat[box], [MAT[n] for n in where])
@@ -597,14 +663,12 @@ def _heart_and_great_vessels(rng, P, body, d, d0, heart_c, heart_semi, heart_rot
     # Pulmonary trunk and arteries (venous blood), SVC, trachea, bronchi, oesophagus.
     w_hil = 38 * s
     t_hil = t_arch - rng.uniform(38, 48) * h
-    hila = {1: np.array([w_hil, -0.05 * d0["bcp"], t_hil]),
-            -1: np.array([-w_hil, -0.08 * d0["bcp"], t_hil + 8 * h])}
+    hila = {1: np.array([w_hil, -0.05 * d0["bcp"], t_hil]), -1: np.array([-w_hil, -0.08 * d0["bcp"], t_hil + 8 * h])}
     rvot = np.array([-0.08 * d0["ac"], 0.3 * d0["bca"], t_hc + 22 * h])
     bif = np.array([-14 * s, v_asc - 16 * s, t_arch - 26 * h])
     pa0 = np.array([rvot, bif, bif])
     pa1 = np.array([bif, hila[1] + [-8 * s, 0, 0], hila[-1] + [8 * s, 0, 0]])
-    P.overlay(splat(g, *tube_samples(pa0, pa1, np.array([13, 10, 9.5]) * s, step=step)),
-              "blood_right", Tissue.BLOOD)
+    P.overlay(splat(g, *tube_samples(pa0, pa1, np.array([13, 10, 9.5]) * s, step=step)), "blood_right", Tissue.BLOOD)
     la = heart_c + heart_rot @ (np.array([0.5, -0.35, 0.1]) * heart_semi)  # left atrium
     pv0 = np.array([hila[1] + [0, -8 * s, -22 * h], hila[-1] + [0, -8 * s, -22 * h]])
     P.overlay(splat(g, *tube_samples(pv0, np.array([la, la]), 6 * s, step=step)), "blood", Tissue.BLOOD)
@@ -614,8 +678,9 @@ def _heart_and_great_vessels(rng, P, body, d, d0, heart_c, heart_semi, heart_rot
     t_car = t_arch - 10 * h
     _circle_paint(P, 2 * s, v_tr, 11 * s, 10 * s, t_car, 1e4, "esophagus")
     _circle_paint(P, 2 * s, v_tr, 9 * s, 8 * s, t_car, 1e4, "airway")
-    _circle_paint(P, -8 * s, sl(d["v_vb"] + d["b_vb"]) + 8 * s, 9 * s, 6 * s,
-                  -25 * h, 1e4, "esophagus", where=("fat", "muscle"))
+    _circle_paint(
+        P, -8 * s, sl(d["v_vb"] + d["b_vb"]) + 8 * s, 9 * s, 6 * s, -25 * h, 1e4, "esophagus", where=("fat", "muscle")
+    )
     d_car = body.at(np.array([t_car]))
     carina = np.array([2 * s, float(d_car["v_vb"][0] + d_car["b_vb"][0]) + 22 * s, t_car])
     br_end = {1: hila[1] + [-2 * s, -12 * s, 12 * h], -1: hila[-1] + [2 * s, -12 * s, 6 * h]}
@@ -634,8 +699,9 @@ def _lung_vessels(rng, P, body, lung_m):
     if len(lung_idx) == 0:
         return
     pick = np.array(np.unravel_index(rng.choice(lung_idx, 400), g.shape), float).T
-    pick_mm = np.stack([(pick[:, 0] - g.ic) * g.spacing[0], (pick[:, 1] - g.jc) * g.spacing[1],
-                        g.t0 + pick[:, 2] * g.spacing[2]], -1)
+    pick_mm = np.stack(
+        [(pick[:, 0] - g.ic) * g.spacing[0], (pick[:, 1] - g.jc) * g.spacing[1], g.t0 + pick[:, 2] * g.spacing[2]], -1
+    )
     for side in (1, -1):
         hil = P.extra["hila"][side]
         targets = pick_mm[pick_mm[:, 0] * side > 0]
@@ -652,24 +718,28 @@ def _lung_vessels(rng, P, body, lung_m):
             dv = dv / np.maximum(dist, 1e-6)
             r = r0 * s * rng.uniform(0.8, 1.15, len(tg))
             roots = (st, dv, r, np.clip(0.35 * dist[:, 0], 12, 60))
-            segs.append(grow_tree(rng, g, lung_m, roots, r_min=0.5, decay_mm=90 * s,
-                                  side_ratio=(0.45, 0.85), max_segments=12000))
+            segs.append(
+                grow_tree(
+                    rng, g, lung_m, roots, r_min=0.5, decay_mm=90 * s, side_ratio=(0.45, 0.85), max_segments=12000
+                )
+            )
         # Bronchial tree: a few generations of air tubes with soft-tissue walls.
         b = P.extra["bronchi"][side]
         dv = np.array([(0.3, 0.2, 1.0), (0.8, 0.4, 0.0), (0.4, -0.5, -1.0)]) * [side, 1, 1]
         dv = dv + rng.normal(0, 0.12, dv.shape)
         dv /= np.linalg.norm(dv, axis=1, keepdims=True)
         r = np.full(3, 4.2 * s)
-        air.append(grow_tree(rng, g, lung_m, (np.repeat(b[None], 3, 0), dv, r, r * 5),
-                             r_min=1.3, decay_mm=45 * s, p_side=0.7))
+        air.append(
+            grow_tree(rng, g, lung_m, (np.repeat(b[None], 3, 0), dv, r, r * 5), r_min=1.3, decay_mm=45 * s, p_side=0.7)
+        )
     a0, a1, ar = (np.concatenate(x) for x in zip(*air))
-    P.overlay(splat(g, *tube_samples(a0, a1, ar + 0.4 + 0.18 * ar, step=step)), "airway_wall",
-              Tissue.SOFT, within=("lung",))
+    P.overlay(
+        splat(g, *tube_samples(a0, a1, ar + 0.4 + 0.18 * ar, step=step)), "airway_wall", Tissue.SOFT, within=("lung",)
+    )
     P.overlay(splat(g, *tube_samples(a0, a1, ar, step=step)), "airway", Tissue.AIRWAY, within=("lung",))
     if segs:
         p0, p1, r = (np.concatenate(x) for x in zip(*segs))
-        P.overlay(splat(g, *tube_samples(p0, p1, r, step=step)), "lung_vessel", Tissue.VESSEL,
-                  within=("lung",))
+        P.overlay(splat(g, *tube_samples(p0, p1, r, step=step)), "lung_vessel", Tissue.VESSEL, within=("lung",))
 
 
 def _abdomen(rng, P, body, d, d0, abdomen):
@@ -682,10 +752,16 @@ def _abdomen(rng, P, body, d, d0, abdomen):
     box = g.box((-0.75 * ac, -bcp, -200 * h), (ac, bca, 40 * h))
     if box is not None:
         u, v, t = g.axes(box)
-        qr = (((u - 0.45 * ac) / (0.56 * ac * lv)) ** 2 + ((v + 0.05 * bcp) / (0.5 * (bca + bcp))) ** 2
-              + ((t + 55 * h) / (95 * h * lv)) ** 2)
-        ql = (((u + 0.1 * ac) / (0.52 * ac * lv)) ** 2 + ((v - 0.4 * bca) / (0.45 * bca)) ** 2
-              + ((t + 35 * h) / (42 * h * lv)) ** 2)
+        qr = (
+            ((u - 0.45 * ac) / (0.56 * ac * lv)) ** 2
+            + ((v + 0.05 * bcp) / (0.5 * (bca + bcp))) ** 2
+            + ((t + 55 * h) / (95 * h * lv)) ** 2
+        )
+        ql = (
+            ((u + 0.1 * ac) / (0.52 * ac * lv)) ** 2
+            + ((v - 0.4 * bca) / (0.45 * bca)) ** 2
+            + ((t + 35 * h) / (42 * h * lv)) ** 2
+        )
         ls = tuple(b.stop - b.start for b in box)
         q = np.minimum(qr, ql) + 0.12 * smooth_field(rng, ls, g.spacing, 30.0)
         # Below the bare area the kidneys, not the liver, lie against the posterior wall.
@@ -693,13 +769,16 @@ def _abdomen(rng, P, body, d, d0, abdomen):
         v_lim = dd["v_vb"] + 5 * s - 300 * (1 - smoothstep(t, -40 * h, -70 * h))
         P.paint(box, (q < 1) & abdomen[box] & (v > v_lim), "liver")
     if rng.uniform() < 0.85:  # gallbladder under the liver
-        gb, q = ellipsoid_q(g, (0.12 * ac, 0.3 * bca, -95 * h), np.array([14, 16, 32]) * s,
-                            _rot(0, np.radians(30)))
+        gb, q = ellipsoid_q(g, (0.12 * ac, 0.3 * bca, -95 * h), np.array([14, 16, 32]) * s, _rot(0, np.radians(30)))
         if gb is not None:
             P.paint(gb, (q < 1) & abdomen[gb], "gallbladder")
     # Spleen, left posterior; stomach with an air-fluid level (air rises anteriorly when supine).
-    sb, q = ellipsoid_q(g, (-0.62 * ac, -0.42 * bcp, -50 * h), np.array([22, 48, 52]) * s * body.spleen,
-                        _rot(2, np.radians(rng.uniform(25, 45))))
+    sb, q = ellipsoid_q(
+        g,
+        (-0.62 * ac, -0.42 * bcp, -50 * h),
+        np.array([22, 48, 52]) * s * body.spleen,
+        _rot(2, np.radians(rng.uniform(25, 45))),
+    )
     if sb is not None:
         P.paint(sb, (q < 1) & abdomen[sb], "spleen")
     fill = rng.uniform(0.7, 1.1)
@@ -719,8 +798,7 @@ def _abdomen(rng, P, body, d, d0, abdomen):
     r_ps = sl(3 * s + 22 * s * smoothstep(d["t"], -90 * h, -200 * h))
     for side in (1, -1):
         cu = sl(side * (d["a_vb"] + 12 * s))
-        _circle_paint(P, cu, sl(d["v_vb"] + 2 * s), r_ps, r_ps * 0.85, -1e4, -80 * h, "muscle",
-                      where=("fat", "muscle"))
+        _circle_paint(P, cu, sl(d["v_vb"] + 2 * s), r_ps, r_ps * 0.85, -1e4, -80 * h, "muscle", where=("fat", "muscle"))
     # Kidneys: rotated ellipsoids, hilum facing anteromedially; cortex, medulla, sinus fat.
     ks = rng.uniform(0.9, 1.1) * body.kidney
     for side, tk in ((1, -112 * h + body.kidney_shift), (-1, -98 * h + body.kidney_shift)):
@@ -745,21 +823,28 @@ def _abdomen(rng, P, body, d, d0, abdomen):
     dk = {k: float(np.asarray(x).ravel()[0]) for k, x in body.at(np.array([tk])).items()}
     conf = np.array([4 * s, dk["v_vb"] + dk["b_vb"] + 40 * s, tk])
     porta = np.array([0.22 * ac, 0.02 * bca, -70 * h])
-    P.overlay(splat(g, *tube_samples(conf, porta, 7 * s, step=step)), "portal", Tissue.VESSEL,
-              within=("fat", "liver"))
+    P.overlay(splat(g, *tube_samples(conf, porta, 7 * s, step=step)), "portal", Tissue.VESSEL, within=("fat", "liver"))
     liver_m = P.mat == MAT["liver"]
     d_ivc = body.at(np.array([-15 * h]))
     ivc_top = np.array([22 * s, float(d_ivc["v_vb"][0] + d_ivc["b_vb"][0]) + 12 * s, -15 * h])
     for start, dirs, name in (
-            (porta, [(1, -0.3, 0.4), (0.6, -0.8, 0.5), (-1, 0.6, 0.4), (0.5, 0.6, 0.6)], "portal"),
-            (ivc_top, [(1, 0.3, -0.4), (0.2, 1, -0.4), (-0.8, 0.8, -0.3)], "hepatic")):
+        (porta, [(1, -0.3, 0.4), (0.6, -0.8, 0.5), (-1, 0.6, 0.4), (0.5, 0.6, 0.6)], "portal"),
+        (ivc_top, [(1, 0.3, -0.4), (0.2, 1, -0.4), (-0.8, 0.8, -0.3)], "hepatic"),
+    ):
         dv = np.array(dirs, float) + rng.normal(0, 0.15, (len(dirs), 3))
         dv /= np.linalg.norm(dv, axis=1, keepdims=True)
         r = np.full(len(dirs), 4.5 * s)
-        p0, p1, rr = grow_tree(rng, g, liver_m, (np.repeat(start[None], len(dirs), 0), dv, r, r * 6),
-                               r_min=0.9, decay_mm=40 * s, p_side=0.5, outward=0.4)
-        P.overlay(splat(g, *tube_samples(p0, p1, rr, step=step)), name, Tissue.VESSEL,
-                  within=("liver",))
+        p0, p1, rr = grow_tree(
+            rng,
+            g,
+            liver_m,
+            (np.repeat(start[None], len(dirs), 0), dv, r, r * 6),
+            r_min=0.9,
+            decay_mm=40 * s,
+            p_side=0.5,
+            outward=0.4,
+        )
+        P.overlay(splat(g, *tube_samples(p0, p1, rr, step=step)), name, Tissue.VESSEL, within=("liver",))
     # Bowel loops fill the free lower abdomen: smooth-field blobs with walls, fluid and gas.
     bb = g.box((-ac, -bcp, -400 * h), (ac, 1.5 * bca, -40 * h))
     if bb is not None:
@@ -782,8 +867,9 @@ def _spine_and_ribs(rng, P, body, d):
     disc0 = 4.5 * s
     t_t1 = body.t_apex + rng.uniform(0, 15) * h  # centre of T1
     phase = t_t1 - (H + disc0) / 2
-    box = g.box((-75 * s, float(np.min(d["v_canal"])) - 50 * s, -1e4),
-                (75 * s, float(np.max(d["v_vb"] + d["b_vb"])) + 5, 1e4))
+    box = g.box(
+        (-75 * s, float(np.min(d["v_canal"])) - 50 * s, -1e4), (75 * s, float(np.max(d["v_vb"] + d["b_vb"])) + 5, 1e4)
+    )
     if box is not None:
         u, v, t = g.axes(box)
         dd = {k: np.asarray(x, np.float32).reshape(1, 1, -1)[..., box[2]] for k, x in d.items()}
@@ -795,16 +881,26 @@ def _spine_and_ribs(rng, P, body, d):
         vb = qvb <= 1
         shell = qvb > (1 - 1.8 / dd["b_vb"]) ** 2
         rc = dd["r_canal"]
-        rr = np.sqrt(u ** 2 + (v - dd["v_canal"]) ** 2)
+        rr = np.sqrt(u**2 + (v - dd["v_canal"]) ** 2)
         in_arch = (pos > disc_h + 1) & (pos < H - 2)
         ring = (rr > rc) & (rr <= rc + 5 * s) & (v < dd["v_canal"] + 2 * s)
-        pedicle = ((np.abs(u) > rc - 1) & (np.abs(u) < rc + 5 * s) & (v >= dd["v_canal"])
-                   & (v <= dd["v_vb"] - dd["b_vb"] + 1))
-        spinous = ((np.abs(u) < 4 * s) & (v < dd["v_canal"] - rc) & (v > dd["v_canal"] - rc - 32 * s)
-                   & (pos > disc_h + 3) & (pos < H - 3))
-        transverse = ((np.abs(v - dd["v_canal"] - s) < 5 * s) & (np.abs(u) > rc)
-                      & (np.abs(u) < rc + (22 + 8 * dd["abd"]) * s) & (pos > disc_h + 2)
-                      & (pos < disc_h + 12 * s))
+        pedicle = (
+            (np.abs(u) > rc - 1) & (np.abs(u) < rc + 5 * s) & (v >= dd["v_canal"]) & (v <= dd["v_vb"] - dd["b_vb"] + 1)
+        )
+        spinous = (
+            (np.abs(u) < 4 * s)
+            & (v < dd["v_canal"] - rc)
+            & (v > dd["v_canal"] - rc - 32 * s)
+            & (pos > disc_h + 3)
+            & (pos < H - 3)
+        )
+        transverse = (
+            (np.abs(v - dd["v_canal"] - s) < 5 * s)
+            & (np.abs(u) > rc)
+            & (np.abs(u) < rc + (22 + 8 * dd["abd"]) * s)
+            & (pos > disc_h + 2)
+            & (pos < disc_h + 12 * s)
+        )
         P.paint(box, vb & is_disc, "disc")
         P.paint(box, vb & ~is_disc, "bone_marrow")
         P.paint(box, vb & ~is_disc & (shell | endplate), "bone_cortex")
@@ -849,15 +945,29 @@ def _spine_and_ribs(rng, P, body, d):
                 mid = (end + tgt) / 2 + [0, 4 * s, 0]
                 c0.append(np.array([end, mid])), c1.append(np.array([mid, tgt]))
     if r0:
-        P.overlay(splat(g, *tube_samples(np.concatenate(r0), np.concatenate(r1), np.concatenate(rra),
-                                         np.concatenate(rrb), up=np.array([0.0, 0, 1]), step=step)),
-                  "rib", Tissue.BONE)
+        P.overlay(
+            splat(
+                g,
+                *tube_samples(
+                    np.concatenate(r0),
+                    np.concatenate(r1),
+                    np.concatenate(rra),
+                    np.concatenate(rrb),
+                    up=np.array([0.0, 0, 1]),
+                    step=step,
+                ),
+            ),
+            "rib",
+            Tissue.BONE,
+        )
     if c0:
-        P.overlay(splat(g, *tube_samples(np.concatenate(c0), np.concatenate(c1), 4.2 * s, step=step)),
-                  "cartilage", Tissue.SOFT)
+        P.overlay(
+            splat(g, *tube_samples(np.concatenate(c0), np.concatenate(c1), 4.2 * s, step=step)),
+            "cartilage",
+            Tissue.SOFT,
+        )
     # Sternum in the anterior chest wall: wide manubrium, narrow body, thin xiphoid.
-    box = g.box((-30 * s, float(np.min(d["bca"])) - 5, t_st_bot),
-                (30 * s, float(np.max(d["bca"])) + 25 * s, t_st_top))
+    box = g.box((-30 * s, float(np.min(d["bca"])) - 5, t_st_bot), (30 * s, float(np.max(d["bca"])) + 25 * s, t_st_top))
     if box is not None:
         u, v, t = g.axes(box)
         rel = (t - t_st_bot) / (t_st_top - t_st_bot)
@@ -878,7 +988,7 @@ def _table(rng, P, d):
     if box is None:
         return
     u, v, _ = g.axes(box)
-    depth = np.broadcast_to((y_top + curve * u ** 2) - v, P.mat[box].shape)
+    depth = np.broadcast_to((y_top + curve * u**2) - v, P.mat[box].shape)
     air = P.mat[box] == MAT["air"]
     edge = np.abs(u) < 220
     shell = ((depth > pad) & (depth < pad + 3)) | ((depth > pad + 32) & (depth < pad + 35))

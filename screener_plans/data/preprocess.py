@@ -34,8 +34,7 @@ CROP_MARGIN = 2  # voxels kept around the body box
 def preprocessing_of(plans: dict) -> dict:
     """The plans values preprocessing depends on (grid spacing and HU window): what the networks'
     inputs, the cache and a trained model are tied to."""
-    return {"spacing": [float(v) for v in plans["spacing"]],
-            "window": [float(v) for v in plans["intensity"]["window"]]}
+    return {"spacing": [float(v) for v in plans["spacing"]], "window": [float(v) for v in plans["intensity"]["window"]]}
 
 
 def cache_key(plans: dict) -> dict:
@@ -110,8 +109,10 @@ def resample(volume: np.ndarray, shape) -> np.ndarray:
     # Axes that shrink a lot go first, one at a time (most-shrinking first; ties to the later,
     # contiguous axis); a pass of its own does not pay for mild shrinking (e.g. 1.8 -> 2 mm),
     # so the other axes are smoothed together and interpolated once at the end.
-    separate = sorted((a for a in range(3) if volume.shape[a] >= SEPARATE_SHRINK * shape[a]),
-                      key=lambda a: (shape[a] / volume.shape[a], -a))
+    separate = sorted(
+        (a for a in range(3) if volume.shape[a] >= SEPARATE_SHRINK * shape[a]),
+        key=lambda a: (shape[a] / volume.shape[a], -a),
+    )
     out = volume
     for axis in separate:
         sigmas = [(out.shape[axis] / shape[axis] - 1) / 2 if a == axis else 0.0 for a in range(3)]
@@ -127,8 +128,12 @@ def _interpolate(volume: np.ndarray, shape) -> np.ndarray:
     exactly (their source coordinate is the voxel itself)."""
     import torch
 
-    out = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(volume))[None, None],
-                                          size=tuple(int(s) for s in shape), mode="trilinear", align_corners=False)
+    out = torch.nn.functional.interpolate(
+        torch.from_numpy(np.ascontiguousarray(volume))[None, None],
+        size=tuple(int(s) for s in shape),
+        mode="trilinear",
+        align_corners=False,
+    )
     return out[0, 0].numpy()
 
 
@@ -235,7 +240,9 @@ def load_case(run_dir: str | Path, name: str, mmap: bool = True) -> tuple[np.nda
         mode = "r" if mmap else None
         return np.load(d / "image.npy", mmap_mode=mode), np.load(d / "mask.npy", mmap_mode=mode), meta
     except (OSError, ValueError) as e:
-        raise ScreenerError(f"{d}: preprocessed case is missing or corrupt ({e}); re-run `screener preprocess`") from None
+        raise ScreenerError(
+            f"{d}: preprocessed case is missing or corrupt ({e}); re-run `screener preprocess`"
+        ) from None
 
 
 def cached_cases(run_dir: str | Path, plans: dict) -> list[str]:
@@ -244,8 +251,14 @@ def cached_cases(run_dir: str | Path, plans: dict) -> list[str]:
     return [n for n in plans["dataset"]["cases"] if is_done(case_dir(run_dir, n), key)]
 
 
-def preprocess(run_dir: str | Path, plans: dict | None = None, data_dir: str | Path | None = None,
-               workers: int = 0, progress: bool = True, skip_bad: bool = False) -> dict:
+def preprocess(
+    run_dir: str | Path,
+    plans: dict | None = None,
+    data_dir: str | Path | None = None,
+    workers: int = 0,
+    progress: bool = True,
+    skip_bad: bool = False,
+) -> dict:
     """Preprocess every planned case in parallel; skips cases already cached with the same plans.
 
     Every readable case is cached before a bad one is reported, so nothing is lost: without
@@ -264,11 +277,15 @@ def preprocess(run_dir: str | Path, plans: dict | None = None, data_dir: str | P
     missing = sorted(wanted - {c.name for c in cases})
     # A planned case that is now an unreadable entry (say, renamed to an unsupported extension)
     # is reported with that entry's own problem.
-    problems = [{"path": b.path, "problem": b.reason} for b in bad
-                if {case_name(b.path), Path(b.path).name.split(".")[0]} & set(missing)]
+    problems = [
+        {"path": b.path, "problem": b.reason}
+        for b in bad
+        if {case_name(b.path), Path(b.path).name.split(".")[0]} & set(missing)
+    ]
     if missing and not problems:
-        raise ScreenerError(f"{data_dir}: {len(missing)} planned case(s) are gone, e.g. {missing[0]}; "
-                            "re-run `screener plan`")
+        raise ScreenerError(
+            f"{data_dir}: {len(missing)} planned case(s) are gone, e.g. {missing[0]}; re-run `screener plan`"
+        )
     sweep_stale_temporaries(run_dir / "preprocessed")
     bar = Progress(len(cases), "preprocess", enabled=progress)
     workers = workers or default_workers()
@@ -281,9 +298,18 @@ def preprocess(run_dir: str | Path, plans: dict | None = None, data_dir: str | P
         else:
             bar.update()
 
-    map_cases(functools.partial(preprocess_case, plans=plans, run_dir=run_dir), cases, workers, on_result=collect,
-              on_error=lambda c, e: {"name": c.name, "path": c.path, "status": "error",
-                                     "error": f"worker failed ({type(e).__name__}: {e})"})
+    map_cases(
+        functools.partial(preprocess_case, plans=plans, run_dir=run_dir),
+        cases,
+        workers,
+        on_result=collect,
+        on_error=lambda c, e: {
+            "name": c.name,
+            "path": c.path,
+            "status": "error",
+            "error": f"worker failed ({type(e).__name__}: {e})",
+        },
+    )
     errors = problems + [{"path": r["path"], "problem": r["error"]} for r in results if r["status"] == "error"]
     summary = {
         "worker_peak_rss_mb": max((r.get("peak_rss_mb", 0.0) for r in results), default=0.0),

@@ -133,8 +133,10 @@ def _is(entry: os.DirEntry, kind: str) -> bool:
 def _dicom_files(folder: str) -> list[str]:
     out = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if _is(entry, "file") and not entry.name.startswith(".") and (
-            entry.name.lower().endswith(".dcm") or _is_dicom_file(entry.path)
+        if (
+            _is(entry, "file")
+            and not entry.name.startswith(".")
+            and (entry.name.lower().endswith(".dcm") or _is_dicom_file(entry.path))
         ):
             out.append(entry.path)
     return out
@@ -208,10 +210,14 @@ def find_cases(data_dir: str | Path, with_bad: bool = False):
             if files:
                 cases.append(CaseSource(entry.name, entry.path, "dicom", "PydicomReader", tuple(files)))
             elif (images := _image_folder_in(entry.path)) is not None:  # DATA given where DATA/train was meant
-                what = ("a folder of image files inside the data folder; give it" if images == entry.path
-                        else f"image files are in {images}; give that folder")
-                bad.append(BadCaseError(entry.path, f"{what} as the data folder itself "
-                                        "(cases are files or DICOM folders)"))
+                what = (
+                    "a folder of image files inside the data folder; give it"
+                    if images == entry.path
+                    else f"image files are in {images}; give that folder"
+                )
+                bad.append(
+                    BadCaseError(entry.path, f"{what} as the data folder itself (cases are files or DICOM folders)")
+                )
             else:
                 bad.append(BadCaseError(entry.path, "folder holds no DICOM files"))
             continue
@@ -221,8 +227,13 @@ def find_cases(data_dir: str | Path, with_bad: bool = False):
         elif suffix in SIDECAR_SUFFIXES:
             continue
         else:
-            bad.append(BadCaseError(entry.path, f"unsupported format '{suffix or entry.name}' "
-                                    "(expected .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd or a DICOM folder)"))
+            bad.append(
+                BadCaseError(
+                    entry.path,
+                    f"unsupported format '{suffix or entry.name}' "
+                    "(expected .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd or a DICOM folder)",
+                )
+            )
     names = [c.name for c in cases]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -253,8 +264,7 @@ def _select_dicom_series(case: CaseSource) -> tuple[list[str], str]:
     uid = max(ct, key=lambda u: len(ct[u]))
     note = ""
     if len(series) > 1:
-        note = (f"folder holds {len(series)} series; using the largest CT series {uid} "
-                f"({len(ct[uid])} slices)")
+        note = f"folder holds {len(series)} series; using the largest CT series {uid} ({len(ct[uid])} slices)"
         logger.warning("%s: %s", case.path, note)
     check_slice_positions(case.path, {f: geometry[f] for f in ct[uid]})
     return sorted(ct[uid]), note
@@ -275,11 +285,16 @@ def check_slice_positions(folder: str, geometry: dict) -> None:
     for i, gap in enumerate(gaps):
         a, b = os.path.basename(where[i][1]), os.path.basename(where[i + 1][1])
         if gap < max(1e-3, 0.01 * step):
-            raise BadCaseError(folder, f"two slices at the same position ({a} and {b}, {where[i][0]:.2f} mm along "
-                                       "the slice normal): a slice copied twice, or two series with one UID")
+            raise BadCaseError(
+                folder,
+                f"two slices at the same position ({a} and {b}, {where[i][0]:.2f} mm along "
+                "the slice normal): a slice copied twice, or two series with one UID",
+            )
         if step > 0 and abs(gap - step) > 0.2 * step:
-            raise BadCaseError(folder, f"uneven slice spacing: {gap:.2f} mm between {a} and {b}, {step:.2f} mm "
-                                       "elsewhere (a missing slice?)")
+            raise BadCaseError(
+                folder,
+                f"uneven slice spacing: {gap:.2f} mm between {a} and {b}, {step:.2f} mm elsewhere (a missing slice?)",
+            )
 
 
 def diagnose_unreadable(path: str) -> str | None:
@@ -328,8 +343,9 @@ def diagnose_unreadable(path: str) -> str | None:
 
 def is_nifti_header(head: bytes) -> bool:
     """True when 4 bytes start a NIfTI-1 or NIfTI-2 header (``sizeof_hdr`` 348 or 540)."""
-    return len(head) >= 4 and (int.from_bytes(head[:4], "little") in (348, 540)
-                               or int.from_bytes(head[:4], "big") in (348, 540))
+    return len(head) >= 4 and (
+        int.from_bytes(head[:4], "little") in (348, 540) or int.from_bytes(head[:4], "big") in (348, 540)
+    )
 
 
 def is_nifti2(head: bytes) -> bool:
@@ -392,8 +408,10 @@ def read_case(case: CaseSource) -> CaseImage:
     # copies that cost more than the read itself on a 512x512x300 scan (2.7 s vs 0.8 s).
     from monai.utils import OptionalImportError
 
-    unavailable = (f"MONAI's {case.reader} is unavailable; install it with: "
-                   f"pip install 'screener[formats]' ({EXTRA_FOR_READER.get(case.reader, '')})")
+    unavailable = (
+        f"MONAI's {case.reader} is unavailable; install it with: "
+        f"pip install 'screener[formats]' ({EXTRA_FOR_READER.get(case.reader, '')})"
+    )
     try:
         with warnings.catch_warnings():
             # MONAI announces optional GPU decoders it cannot find; irrelevant to users here.

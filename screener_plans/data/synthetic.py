@@ -38,22 +38,32 @@ TISSUE_CLASSES = {int(t): t.name.lower() for t in Tissue}
 LESION_KINDS = ("lung_nodule", "ground_glass", "liver_mass", "kidney_mass")
 PROTOCOLS = ("plain", "arterial", "venous", "delayed")
 FAMILIES = ("standard", "shifted")
-_KIND_ORGAN = {"lung_nodule": "lung", "ground_glass": "lung", "liver_mass": "liver",
-               "kidney_mass": "kidney"}
+_KIND_ORGAN = {"lung_nodule": "lung", "ground_glass": "lung", "liver_mass": "liver", "kidney_mass": "kidney"}
 _KIND_WEIGHT = {"lung_nodule": 0.35, "ground_glass": 0.2, "liver_mass": 0.3, "kidney_mass": 0.15}
-_RADIUS_MM = {"lung_nodule": (3, 12), "ground_glass": (8, 25), "liver_mass": (6, 25),
-              "kidney_mass": (5, 15)}
+_RADIUS_MM = {"lung_nodule": (3, 12), "ground_glass": (8, 25), "liver_mass": (6, 25), "kidney_mass": (5, 15)}
 _EDGE_MM = {"lung_nodule": 0.4, "ground_glass": 2.5, "liver_mass": 0.8, "kidney_mass": 0.6}
 _MIN_FIT = {"lung_nodule": 0.75, "ground_glass": 0.85, "liver_mass": 0.95, "kidney_mass": 0.8}
 _MIN_ORGAN_ML = {"lung": 60.0, "liver": 80.0, "kidney": 20.0}
 # The shifted family: every kind 4-40 mm across (radius 2-20 mm, fewer large ones where the organ is
 # thin), softer or sharper edges.
-_SHIFTED_RADIUS_MM = {"lung_nodule": (2, 15), "ground_glass": (4, 20), "liver_mass": (2, 20),
-                      "kidney_mass": (2, 20)}
+_SHIFTED_RADIUS_MM = {"lung_nodule": (2, 15), "ground_glass": (4, 20), "liver_mass": (2, 20), "kidney_mass": (2, 20)}
 _SHIFTED_EDGE_MM = (0.3, 1.8)
 # Soft tissues whose HU a patient shifts in the shifted family (contrast timing, body habitus).
-_SHIFTED_OFFSET_KEYS = ("muscle", "liver", "spleen", "kidney_cortex", "kidney_medulla", "blood", "blood_right",
-                        "ivc", "portal", "hepatic", "heart_wall", "bowel_wall", "lung_vessel")
+_SHIFTED_OFFSET_KEYS = (
+    "muscle",
+    "liver",
+    "spleen",
+    "kidney_cortex",
+    "kidney_medulla",
+    "blood",
+    "blood_right",
+    "ivc",
+    "portal",
+    "hepatic",
+    "heart_wall",
+    "bowel_wall",
+    "lung_vessel",
+)
 HU_MIN, HU_MAX = -1024, 3071
 GENERATOR = "screener_plans.data.synthetic"
 
@@ -76,37 +86,95 @@ class Phantom:
 
 # ----------------------------------------------------------------------------- case sampling
 
+
 def _sample_hu(rng, protocol, family="standard"):
     """HU of every material for one patient under a contrast protocol."""
     U = rng.uniform
     fat = U(-112, -88)
-    hu = dict(air=-1000.0, fat_sc=fat, fat=fat + U(-4, 10), skin=U(10, 40), muscle=U(42, 56),
-              lung=U(-915, -875), lung_gradient=U(10, 50), esophagus=U(35, 50), disc=U(70, 100),
-              csf=U(5, 20), gallbladder=U(0, 20), bowel_fluid=U(0, 30), gas=-1000.0,
-              airway=-1000.0, airway_wall=U(10, 50), table=U(150, 400), table_foam=U(-960, -880),
-              bone_cortex=U(900, 1300), bone_marrow=U(250, 400), bone_arch=U(550, 850),
-              rib=U(400, 650), cartilage=U(60, 180), sinus_fat=fat + U(0, 20))
+    hu = dict(
+        air=-1000.0,
+        fat_sc=fat,
+        fat=fat + U(-4, 10),
+        skin=U(10, 40),
+        muscle=U(42, 56),
+        lung=U(-915, -875),
+        lung_gradient=U(10, 50),
+        esophagus=U(35, 50),
+        disc=U(70, 100),
+        csf=U(5, 20),
+        gallbladder=U(0, 20),
+        bowel_fluid=U(0, 30),
+        gas=-1000.0,
+        airway=-1000.0,
+        airway_wall=U(10, 50),
+        table=U(150, 400),
+        table_foam=U(-960, -880),
+        bone_cortex=U(900, 1300),
+        bone_marrow=U(250, 400),
+        bone_arch=U(550, 850),
+        rib=U(400, 650),
+        cartilage=U(60, 180),
+        sinus_fat=fat + U(0, 20),
+    )
     if protocol == "plain":
         blood = U(36, 48)
-        hu.update(blood=blood, blood_right=blood, ivc=blood, heart_wall=U(40, 52), liver=U(52, 66),
-                  kidney_cortex=U(28, 40), spleen=U(42, 52), bowel_wall=U(35, 45))
+        hu.update(
+            blood=blood,
+            blood_right=blood,
+            ivc=blood,
+            heart_wall=U(40, 52),
+            liver=U(52, 66),
+            kidney_cortex=U(28, 40),
+            spleen=U(42, 52),
+            bowel_wall=U(35, 45),
+        )
         hu.update(kidney_medulla=hu["kidney_cortex"], portal=blood, hepatic=blood, lung_vessel=blood)
     elif protocol == "arterial":
-        hu.update(blood=U(200, 320), blood_right=U(100, 200), ivc=U(60, 100), heart_wall=U(90, 115),
-                  liver=U(62, 76), kidney_cortex=U(150, 210), kidney_medulla=U(70, 100),
-                  spleen=U(90, 130), bowel_wall=U(60, 90), portal=U(100, 140), hepatic=U(50, 70))
+        hu.update(
+            blood=U(200, 320),
+            blood_right=U(100, 200),
+            ivc=U(60, 100),
+            heart_wall=U(90, 115),
+            liver=U(62, 76),
+            kidney_cortex=U(150, 210),
+            kidney_medulla=U(70, 100),
+            spleen=U(90, 130),
+            bowel_wall=U(60, 90),
+            portal=U(100, 140),
+            hepatic=U(50, 70),
+        )
         hu["lung_vessel"] = 0.5 * (hu["blood"] + hu["blood_right"])
     elif protocol == "venous":
         blood = U(130, 170)
-        hu.update(blood=blood, blood_right=blood + U(-10, 10), ivc=U(120, 160), heart_wall=U(90, 115),
-                  liver=U(95, 115), kidney_cortex=U(150, 190), kidney_medulla=U(140, 180),
-                  spleen=U(105, 125), bowel_wall=U(70, 100), portal=U(150, 190),
-                  hepatic=U(130, 170), lung_vessel=blood)
+        hu.update(
+            blood=blood,
+            blood_right=blood + U(-10, 10),
+            ivc=U(120, 160),
+            heart_wall=U(90, 115),
+            liver=U(95, 115),
+            kidney_cortex=U(150, 190),
+            kidney_medulla=U(140, 180),
+            spleen=U(105, 125),
+            bowel_wall=U(70, 100),
+            portal=U(150, 190),
+            hepatic=U(130, 170),
+            lung_vessel=blood,
+        )
     else:  # delayed (a few minutes): contrast washed out of the vessels, kidneys dense throughout
         blood = U(85, 120)
-        hu.update(blood=blood, blood_right=blood, ivc=blood + U(-5, 5), heart_wall=U(75, 95),
-                  liver=U(75, 95), kidney_cortex=U(130, 180), spleen=U(80, 100), bowel_wall=U(55, 80),
-                  portal=blood + U(-5, 5), hepatic=blood + U(-5, 5), lung_vessel=blood)
+        hu.update(
+            blood=blood,
+            blood_right=blood,
+            ivc=blood + U(-5, 5),
+            heart_wall=U(75, 95),
+            liver=U(75, 95),
+            kidney_cortex=U(130, 180),
+            spleen=U(80, 100),
+            bowel_wall=U(55, 80),
+            portal=blood + U(-5, 5),
+            hepatic=blood + U(-5, 5),
+            lung_vessel=blood,
+        )
         hu["kidney_medulla"] = hu["kidney_cortex"] + U(-10, 25)
     if family == "shifted":
         for key in _SHIFTED_OFFSET_KEYS:
@@ -143,8 +211,7 @@ def _sample_case(rng, shape, spacing, family="standard"):
     # Scan range: mostly chest, chest + upper abdomen, or upper abdomen with the lung bases.
     length = nz * dz
     mode = rng.choice(3, p=[0.35, 0.45, 0.2])
-    top = [body.t_apex + rng.uniform(10, 40), body.t_apex - rng.uniform(0, 60),
-           rng.uniform(40, 110) * body.h][mode]
+    top = [body.t_apex + rng.uniform(10, 40), body.t_apex - rng.uniform(0, 60), rng.uniform(40, 110) * body.h][mode]
     top = min(max(top, -260 * body.h + length), body.t_apex + 40)
     t0 = top - (nz - 1) * dz
     prof = body.at(t0 + np.arange(nz) * dz)
@@ -172,17 +239,21 @@ def _affine(rng, grid):
     dx, dy, dz = grid.spacing
     nx, ny, _ = grid.shape
     aff = np.diag([dx, dy, dz, 1.0])
-    aff[:3, 3] = [-(nx - 1) / 2 * dx + rng.uniform(-15, 15), -(ny - 1) / 2 * dy + rng.uniform(-15, 15),
-                  rng.uniform(-700, -100)]
+    aff[:3, 3] = [
+        -(nx - 1) / 2 * dx + rng.uniform(-15, 15),
+        -(ny - 1) / 2 * dy + rng.uniform(-15, 15),
+        rng.uniform(-700, -100),
+    ]
     return aff
 
 
 # ----------------------------------------------------------------------------- lesions
 
+
 def _lesion_profile(rng, box_coords, radius, edge, lobulation):
     """Soft lesion occupancy in [0, 1]: a sigmoid edge around a lobulated sphere."""
     du, dv, dt = box_coords
-    dist = np.sqrt(du ** 2 + dv ** 2 + dt ** 2) + 1e-6
+    dist = np.sqrt(du**2 + dv**2 + dt**2) + 1e-6
     r_eff = np.float32(radius)
     if lobulation > 0:
         bumps = rng.normal(size=(4, 3))
@@ -228,7 +299,7 @@ def _find_site(rng, kind, radius, cand, organ_mask, inst, spacing, lo, edge):
         box = tuple(slice(max(ci - hh, 0), min(ci + hh + 1, n)) for ci, hh, n in zip(c, half, shape))
         coords = [(np.arange(b.start, b.stop) - ci) * sp for b, ci, sp in zip(box, c, spacing)]
         coords = (coords[0][:, None, None], coords[1][None, :, None], coords[2][None, None, :])
-        dist = np.sqrt(sum(x ** 2 for x in coords))
+        dist = np.sqrt(sum(x**2 for x in coords))
         core = dist <= 0.9 * radius
         if core.sum() == 0 or organ_mask[box][core].mean() < _MIN_FIT[kind]:
             continue
@@ -246,8 +317,7 @@ def _insert_lesions(rng, n, grid, hu, tissue, masks, hu_of, protocol, family="st
     """
     vox_ml = float(np.prod(grid.spacing)) / 1000.0
     inst = np.zeros(grid.shape, np.uint8)
-    kinds = [k for k in LESION_KINDS
-             if masks[_KIND_ORGAN[k]].sum() * vox_ml >= _MIN_ORGAN_ML[_KIND_ORGAN[k]]]
+    kinds = [k for k in LESION_KINDS if masks[_KIND_ORGAN[k]].sum() * vox_ml >= _MIN_ORGAN_ML[_KIND_ORGAN[k]]]
     info, cand = [], {}
     for _ in range(n):
         if not kinds:
@@ -292,14 +362,22 @@ def _insert_lesions(rng, n, grid, hu, tissue, masks, hu_of, protocol, family="st
         hu[box] = np.maximum(hv, new) if kind == "ground_glass" else new
         inst[box][m] = len(info) + 1
         tissue[box][m] = Tissue.LESION
-        info.append(dict(kind=kind, radius_mm=round(radius, 2), hu=round(float(value), 1),
-                         voxels=int(m.sum()), centre_vox=[int(x) for x in c]))
+        info.append(
+            dict(
+                kind=kind,
+                radius_mm=round(radius, 2),
+                hu=round(float(value), 1),
+                voxels=int(m.sum()),
+                centre_vox=[int(x) for x in c],
+            )
+        )
         if family == "shifted" and kind in _HOST_TISSUE:  # the contrast is drawn against this value
             info[-1]["host_hu"] = round(hu_of[_HOST_TISSUE[kind]], 1)
     return inst, info
 
 
 # ----------------------------------------------------------------------------- phantom
+
 
 def _blur_and_noise(rng, hu, noise_sd):
     """Partial-volume blur plus correlated noise in one Gaussian pass.
@@ -320,8 +398,7 @@ def _blur_and_noise(rng, hu, noise_sd):
     return ndimage.gaussian_filter(white, sig, mode="nearest", truncate=4.0)
 
 
-def make_phantom(seed: int, lesions=True, shape=None, spacing=None, protocol=None,
-                 family: str = "standard") -> Phantom:
+def make_phantom(seed: int, lesions=True, shape=None, spacing=None, protocol=None, family: str = "standard") -> Phantom:
     """Synthetic CT of one patient; same seed (and family) -> identical arrays.
 
     ``lesions``: True for 1-4 random lesions, False/0 for none, an int for that many (fewer if
@@ -350,9 +427,15 @@ def make_phantom(seed: int, lesions=True, shape=None, spacing=None, protocol=Non
         srng = np.random.default_rng(shift_ss)
         drawn = PROTOCOLS[srng.choice(4, p=[0.3, 0.2, 0.3, 0.2])]
         noise_range = (8, 30)
-        body = replace(body, liver=body.liver * srng.uniform(0.85, 1.2), heart=body.heart * srng.uniform(0.88, 1.15),
-                       spleen=srng.uniform(0.7, 1.4), kidney=srng.uniform(0.8, 1.25),
-                       kidney_shift=srng.uniform(-20, 20) * body.h, stomach=srng.uniform(0.7, 1.25))
+        body = replace(
+            body,
+            liver=body.liver * srng.uniform(0.85, 1.2),
+            heart=body.heart * srng.uniform(0.88, 1.15),
+            spleen=srng.uniform(0.7, 1.4),
+            kidney=srng.uniform(0.8, 1.25),
+            kidney_shift=srng.uniform(-20, 20) * body.h,
+            stomach=srng.uniform(0.7, 1.25),
+        )
     protocol = protocol or drawn
     hu_of = _sample_hu(np.random.default_rng(hu_ss), protocol, family)
     affine = _affine(rng, grid)
@@ -368,13 +451,22 @@ def make_phantom(seed: int, lesions=True, shape=None, spacing=None, protocol=Non
 
     img = _blur_and_noise(np.random.default_rng(noise_ss), anat.hu, noise_sd)
     hu = np.clip(np.rint(img), HU_MIN, HU_MAX).astype(np.int16)
-    return Phantom(hu=hu, spacing=tuple(float(x) for x in grid.spacing), affine=affine,
-                   lesion_mask=(inst > 0).astype(np.uint8), lesion_kinds=[x["kind"] for x in info],
-                   tissue=anat.tissue, lesion_instances=inst, lesions=info, protocol=protocol,
-                   seed=int(seed))
+    return Phantom(
+        hu=hu,
+        spacing=tuple(float(x) for x in grid.spacing),
+        affine=affine,
+        lesion_mask=(inst > 0).astype(np.uint8),
+        lesion_kinds=[x["kind"] for x in info],
+        tissue=anat.tissue,
+        lesion_instances=inst,
+        lesions=info,
+        protocol=protocol,
+        seed=int(seed),
+    )
 
 
 # ----------------------------------------------------------------------------- data set writer
+
 
 def _save_nifti(arr, affine, path: Path):
     """Write a NIfTI atomically (temp file in the same folder, then os.replace)."""
@@ -458,8 +550,9 @@ def _prepare_out_dir(out: Path):
         raise ScreenerError(f"{out}: exists and is not a folder")
     if out.exists() and any(out.iterdir()):
         if not _is_ours(out):
-            raise ScreenerError(f"{out}: folder is not empty and holds no synthetic data set; "
-                                "choose a new or empty folder")
+            raise ScreenerError(
+                f"{out}: folder is not empty and holds no synthetic data set; choose a new or empty folder"
+            )
         (out / "dataset.json").unlink(missing_ok=True)  # incomplete until rewritten at the end
         for f in out.glob(".dataset.json.*.tmp"):
             f.unlink()
@@ -471,9 +564,18 @@ def _prepare_out_dir(out: Path):
         (out / sub).mkdir(parents=True, exist_ok=True)
 
 
-def make_synthetic_dataset(out_dir, cases: int = 24, seed: int = 0, test_fraction: float = 0.25,
-                           test_cases: int | None = None, progress: bool = True, shape=None,
-                           spacing=None, overwrite: bool = False, family: str = "standard") -> dict:
+def make_synthetic_dataset(
+    out_dir,
+    cases: int = 24,
+    seed: int = 0,
+    test_fraction: float = 0.25,
+    test_cases: int | None = None,
+    progress: bool = True,
+    shape=None,
+    spacing=None,
+    overwrite: bool = False,
+    family: str = "standard",
+) -> dict:
     """Write the synthetic data set to ``out_dir`` and return what dataset.json holds.
 
     Layout: ``train/<case>.nii.gz`` (unlabeled), ``test/images/<case>.nii.gz`` and
@@ -506,7 +608,8 @@ def make_synthetic_dataset(out_dir, cases: int = 24, seed: int = 0, test_fractio
             f"{out}: already holds another synthetic data set ({existing.get('num_train')} training + "
             f"{existing.get('num_test')} test cases, seed {existing.get('seed')}, family "
             f"{existing.get('family', 'standard')}), which runs planned on it "
-            "read; choose another folder, or pass --overwrite true to replace it")
+            "read; choose another folder, or pass --overwrite true to replace it"
+        )
     _prepare_out_dir(out)
 
     drng = np.random.default_rng(np.random.SeedSequence([int(seed), 3]))
@@ -516,14 +619,25 @@ def make_synthetic_dataset(out_dir, cases: int = 24, seed: int = 0, test_fractio
         for i in range(count):
             s = _case_seed(seed, split, i)
             while s in used:  # distinct patients even on a (vanishingly rare) seed collision
-                s = (s + 1) % 2 ** 32
+                s = (s + 1) % 2**32
             used.add(s)
             plan.append((split, i, s))
 
-    meta = dict(name="screener-synthetic-ct", generator=GENERATOR, format_version=1, seed=int(seed), family=family,
-                modality="CT", units="HU", num_train=n_train, num_test=n_test,
-                tissue_classes={str(k): v for k, v in TISSUE_CLASSES.items()},
-                lesion_kinds=list(LESION_KINDS), train=[], test=[])
+    meta = dict(
+        name="screener-synthetic-ct",
+        generator=GENERATOR,
+        format_version=1,
+        seed=int(seed),
+        family=family,
+        modality="CT",
+        units="HU",
+        num_train=n_train,
+        num_test=n_test,
+        tissue_classes={str(k): v for k, v in TISSUE_CLASSES.items()},
+        lesion_kinds=list(LESION_KINDS),
+        train=[],
+        test=[],
+    )
     for n_done, (split, i, s) in enumerate(plan):
         t_start = time.time()
         name = f"case_{n_done:04d}"
@@ -537,7 +651,7 @@ def make_synthetic_dataset(out_dir, cases: int = 24, seed: int = 0, test_fractio
             for retry in range(1, 6):  # a test case must hold a lesion
                 if ph.lesion_kinds:
                     break
-                s = _case_seed(seed, 2, 10 ** 6 * retry + i)
+                s = _case_seed(seed, 2, 10**6 * retry + i)
                 if s in used:
                     continue
                 used.add(s)
@@ -546,25 +660,36 @@ def make_synthetic_dataset(out_dir, cases: int = 24, seed: int = 0, test_fractio
                 raise RuntimeError(f"synthetic test case {name}: no lesion could be placed")
             _save_nifti(ph.hu, ph.affine, out / "test" / "images" / f"{name}.nii.gz")
             _save_nifti(ph.lesion_mask, ph.affine, out / "test" / "labels" / f"{name}.nii.gz")
-            entry = dict(case=name, image=f"test/images/{name}.nii.gz", label=f"test/labels/{name}.nii.gz",
-                         lesions=ph.lesions)
-        entry.update(phantom_seed=s, shape=list(ph.hu.shape), spacing=[round(x, 4) for x in ph.spacing],
-                     protocol=ph.protocol)
+            entry = dict(
+                case=name, image=f"test/images/{name}.nii.gz", label=f"test/labels/{name}.nii.gz", lesions=ph.lesions
+            )
+        entry.update(
+            phantom_seed=s, shape=list(ph.hu.shape), spacing=[round(x, 4) for x in ph.spacing], protocol=ph.protocol
+        )
         if split == 1:
             entry["unlabeled_lesions"] = len(ph.lesion_kinds)
         meta["train" if split == 1 else "test"].append(entry)
         if progress:
-            print(f"synthetic: [{n_done + 1}/{cases}] {entry['image']} "
-                  f"{'x'.join(map(str, ph.hu.shape))} {time.time() - t_start:.1f}s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"synthetic: [{n_done + 1}/{cases}] {entry['image']} "
+                f"{'x'.join(map(str, ph.hu.shape))} {time.time() - t_start:.1f}s",
+                file=sys.stderr,
+                flush=True,
+            )
     _write_json(meta, out / "dataset.json")
     return meta
 
 
-def make_synthetic(out_dir, cases: int = 24, seed: int = 0, test_fraction: float = 0.25,
-                   overwrite: bool = False, family: str = "standard") -> str:
+def make_synthetic(
+    out_dir,
+    cases: int = 24,
+    seed: int = 0,
+    test_fraction: float = 0.25,
+    overwrite: bool = False,
+    family: str = "standard",
+) -> str:
     """CLI entry (``screener make-synthetic OUT_DIR --cases N --seed S``); returns a summary line."""
-    meta = make_synthetic_dataset(out_dir, cases=cases, seed=seed, test_fraction=test_fraction,
-                                  overwrite=overwrite, family=family)
-    return (f"wrote {meta['num_train']} training and {meta['num_test']} labeled test cases "
-            f"to {out_dir}")
+    meta = make_synthetic_dataset(
+        out_dir, cases=cases, seed=seed, test_fraction=test_fraction, overwrite=overwrite, family=family
+    )
+    return f"wrote {meta['num_train']} training and {meta['num_test']} labeled test cases to {out_dir}"

@@ -80,7 +80,9 @@ def build_density(kind: str, dim: int, cond_dim: int = 0, preset: str = "base", 
         options = {k: v for k, v in options.items() if k not in _CONDITIONAL_ONLY}
     unknown = sorted(set(options) - _options(cls))
     if unknown:
-        raise ScreenerError(f"density option(s) {unknown} not accepted by {cls.__name__}; allowed: {sorted(_options(cls))}")
+        raise ScreenerError(
+            f"density option(s) {unknown} not accepted by {cls.__name__}; allowed: {sorted(_options(cls))}"
+        )
     try:
         return cls(int(dim), **kwargs, **options)
     except (TypeError, ValueError) as err:

@@ -94,7 +94,7 @@ def check_kernel_size(kernel_size: int) -> None:
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
 
 
-def _sync_init_flag(module: "DensityModel", incompatible_keys) -> None:
+def _sync_init_flag(module: DensityModel, incompatible_keys) -> None:
     module._init_done = bool(module.initialized)
 
 

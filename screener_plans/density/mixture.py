@@ -48,8 +48,8 @@ class GaussianMixture(DensityModel):
         k, d = self.n_components, self.dim
         shape = (raw.shape[0], k, d) + tuple(raw.shape[2:])
         logits = raw[:, :k]
-        mean = raw[:, k:k + k * d].reshape(shape)
-        log_var = self.log_var_centre + soft_bound(raw[:, k + k * d:].reshape(shape), self.log_var_bound)
+        mean = raw[:, k : k + k * d].reshape(shape)
+        log_var = self.log_var_centre + soft_bound(raw[:, k + k * d :].reshape(shape), self.log_var_bound)
         return torch.log_softmax(logits, dim=1), mean, log_var
 
     def _bias(self) -> Tensor:
@@ -64,7 +64,7 @@ class GaussianMixture(DensityModel):
         var = flat.var(dim=1, unbiased=False)
         bias = self._bias()
         bias.zero_()
-        bias[k:k + k * d].copy_(q.reshape(-1).to(bias.dtype))
+        bias[k : k + k * d].copy_(q.reshape(-1).to(bias.dtype))
         self.log_var_centre.copy_(torch.log(var / k**2 + INIT_EPS).view(1, 1, d, 1, 1, 1))
 
     def _nll(self, y: Tensor, c: Tensor | None) -> Tensor:
@@ -86,8 +86,15 @@ class ConditionalGaussianMixture(GaussianMixture):
 
     conditional = True
 
-    def __init__(self, dim: int, cond_dim: int, n_components: int = 8, hidden: int = 32, kernel_size: int = 1,
-                 log_var_bound: float = 7.0):
+    def __init__(
+        self,
+        dim: int,
+        cond_dim: int,
+        n_components: int = 8,
+        hidden: int = 32,
+        kernel_size: int = 1,
+        log_var_bound: float = 7.0,
+    ):
         super().__init__(dim, n_components, log_var_bound, cond_dim=cond_dim)
         self.net = conv_net(cond_dim, hidden, self.n_outputs, kernel_size)
 

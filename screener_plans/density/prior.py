@@ -44,7 +44,7 @@ class IntensityPrior(nn.Module):
     def cond_dim(self) -> int:
         return self.density.cond_dim
 
-    def set_table(self, neg_log_prob) -> "IntensityPrior":
+    def set_table(self, neg_log_prob) -> IntensityPrior:
         table = torch.as_tensor(neg_log_prob, dtype=torch.float32).reshape(-1)
         if table.numel() != self.neg_log_prob.numel() or not torch.isfinite(table).all():
             raise ValueError(f"intensity prior table: expected {self.neg_log_prob.numel()} finite values")

@@ -9,21 +9,21 @@ from __future__ import annotations
 import torch
 
 from screener_plans.engines.device import amp_dtype, autocast, channels_last
-from screener_plans.engines.models import (Scorer, build_density_model, build_features, density_config,
-                                           upstream_digests)
+from screener_plans.engines.models import Scorer, build_density_model, build_features, density_config, upstream_digests
 from screener_plans.engines.steps import NonFiniteGuard, optimizer_step
 
 
-def build_density_scorer(run_dir, plans: dict, condition=None, density=None, features=None,
-                         intensity_prior=None, resume_dir=None) -> Scorer:
+def build_density_scorer(
+    run_dir, plans: dict, condition=None, density=None, features=None, intensity_prior=None, resume_dir=None
+) -> Scorer:
     """Frozen features of a run + a fresh density model, chosen by ``--condition``/``--density``/
     ``--features``/``--intensity_prior``; an intensity prior's histogram is fitted here, from the
     run's preprocessed training cases, unless a checkpoint in ``resume_dir`` (the stage's
     checkpoints when resuming) holds it already: the resume handler loads it with the weights,
     so a resumed run does not read every training case again."""
     from screener_plans.baselines import IntensityBaseline
-    from screener_plans.engines.handlers import latest_checkpoint
     from screener_plans.data.preprocess import preprocessing_of
+    from screener_plans.engines.handlers import latest_checkpoint
 
     cfg = density_config(plans, condition, density, features, intensity_prior)
     model = build_density_model(cfg)
@@ -68,8 +68,9 @@ class DensityIteration:
         engine.state.output = {"loss": loss.detach()}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        ok = optimizer_step(loss, optimizer, scorer.density.parameters(), self.grad_clip, None, self.guard,
-                            engine.state.iteration)
+        ok = optimizer_step(
+            loss, optimizer, scorer.density.parameters(), self.grad_clip, None, self.guard, engine.state.iteration
+        )
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         out = {"loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"], "skipped": not ok}
         engine.state.output = out

@@ -113,18 +113,36 @@ class ProgressLogger:
         now = time.perf_counter()
         elapsed = now - self._window_start
         rate = self._count / elapsed if elapsed > 0 else 0.0
-        record = {"step": step, "total": self.total, **{k: v / self._count for k, v in self._sums.items()},
-                  "lr": out.get("lr"), "steps_per_s": rate, "data_wait": self._data_time / elapsed if elapsed else 0.0,
-                  "eta_s": (self.total - step) / rate if rate else None, "time": time.time()}
+        record = {
+            "step": step,
+            "total": self.total,
+            **{k: v / self._count for k, v in self._sums.items()},
+            "lr": out.get("lr"),
+            "steps_per_s": rate,
+            "data_wait": self._data_time / elapsed if elapsed else 0.0,
+            "eta_s": (self.total - step) / rate if rate else None,
+            "time": time.time(),
+        }
         self.history.append(record)
         self._sums, self._count, self._data_time, self._window_start = {}, 0, 0.0, now
         if not is_main_process():
             return
-        terms = " ".join(f"{k} {record[k]:.4g}" for k in record
-                         if k not in ("step", "total", "lr", "steps_per_s", "data_wait", "eta_s", "time", "skipped"))
-        logger.info("%s step %d/%d %s lr %.3g %.2f step/s data-wait %.0f%% ETA %s", self.name, step, self.total,
-                    terms, record["lr"] or 0.0, rate, 100 * record["data_wait"],
-                    _fmt_eta(record["eta_s"] or 0.0))
+        terms = " ".join(
+            f"{k} {record[k]:.4g}"
+            for k in record
+            if k not in ("step", "total", "lr", "steps_per_s", "data_wait", "eta_s", "time", "skipped")
+        )
+        logger.info(
+            "%s step %d/%d %s lr %.3g %.2f step/s data-wait %.0f%% ETA %s",
+            self.name,
+            step,
+            self.total,
+            terms,
+            record["lr"] or 0.0,
+            rate,
+            100 * record["data_wait"],
+            _fmt_eta(record["eta_s"] or 0.0),
+        )
         if self.log_dir is not None:
             with open(self.log_dir / "train_log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -223,8 +241,10 @@ class CheckpointHandler:
             self._stop(engine, save=not self._interrupted)
         self._interrupted = True
         if is_main_process():
-            logger.warning("interrupted: stopping after step %d (Ctrl-C again to stop at once, without saving)",
-                           engine.state.iteration)
+            logger.warning(
+                "interrupted: stopping after step %d (Ctrl-C again to stop at once, without saving)",
+                engine.state.iteration,
+            )
 
     def _step_started(self, engine) -> None:
         self._in_step = True
@@ -268,8 +288,9 @@ class ResumeHandler:
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:
-            raise ScreenerError(f"{path}: checkpoint cannot be loaded ({type(e).__name__}); delete it to restart "
-                                "from the previous one") from None
+            raise ScreenerError(
+                f"{path}: checkpoint cannot be loaded ({type(e).__name__}); delete it to restart from the previous one"
+            ) from None
         self._check_schedule(path, state)
         for name, obj in self.objects.items():
             if name not in state:
@@ -278,8 +299,10 @@ class ResumeHandler:
             try:
                 target.load_state_dict(state[name])
             except (RuntimeError, ValueError, KeyError) as e:
-                raise ScreenerError(f"{path}: checkpoint does not match this model/plans ({_first_detail(e)}); "
-                                    "train from scratch with --resume false") from None
+                raise ScreenerError(
+                    f"{path}: checkpoint does not match this model/plans ({_first_detail(e)}); "
+                    "train from scratch with --resume false"
+                ) from None
         trainer_state = state["trainer"]
         engine.state.iteration = int(trainer_state["iteration"])
         # Ignite counts an epoch as done only at its end: a mid-epoch resume restarts that epoch
@@ -294,8 +317,11 @@ class ResumeHandler:
     def _discard_old_checkpoints(self) -> None:
         """Starting over: an older run's checkpoints would be resumed next time (and would
         outrank this run's, whose step numbers restart from 0)."""
-        old = [p for p in self.save_dir.glob("checkpoint_*.pt") if CKPT_RE.search(p.name)] \
-            if self.save_dir.is_dir() else []
+        old = (
+            [p for p in self.save_dir.glob("checkpoint_*.pt") if CKPT_RE.search(p.name)]
+            if self.save_dir.is_dir()
+            else []
+        )
         for p in old:
             p.unlink(missing_ok=True)
         if old:
@@ -310,7 +336,8 @@ class ResumeHandler:
             raise ScreenerError(
                 f"{path}: this stage was started with a {saved}-step learning-rate schedule and this run asks "
                 f"for {wanted} steps; a one-cycle schedule cannot be resumed at another length: keep the step "
-                f"count, or train from scratch with --resume false")
+                f"count, or train from scratch with --resume false"
+            )
 
 
 def _first_detail(error: Exception) -> str:
@@ -323,8 +350,9 @@ def _first_detail(error: Exception) -> str:
 class ModelExporter:
     """On completion writes ``model.state_dict()`` to ``path`` atomically (rank 0 only)."""
 
-    def __init__(self, path: str, model: torch.nn.Module, config: dict | None = None,
-                 config_name: str = "model_config.json"):
+    def __init__(
+        self, path: str, model: torch.nn.Module, config: dict | None = None, config_name: str = "model_config.json"
+    ):
         self.path, self.model = Path(path), model
         self.config, self.config_name = config, config_name
 

@@ -63,8 +63,11 @@ def upstream_digests(run_dir, cfg: dict) -> dict:
 
 def scorer_stages(cfg: dict) -> list[str]:
     """The trained stages a scorer with config ``cfg`` loads, in training order."""
-    return (["descriptor"] if uses_descriptor(cfg["features"]) else []) + \
-        (["condition"] if cfg["condition"] == "masked" else []) + ["density"]
+    return (
+        (["descriptor"] if uses_descriptor(cfg["features"]) else [])
+        + (["condition"] if cfg["condition"] == "masked" else [])
+        + ["density"]
+    )
 
 
 def trained_steps(run_dir, cfg: dict) -> dict:
@@ -97,8 +100,10 @@ def check_preprocessing(cfg: dict, plans: dict, where) -> None:
     now = preprocessing_of(plans)
     for key in ("spacing", "window"):
         if trained and key in trained and [float(v) for v in trained[key]] != now[key]:
-            raise ScreenerError(f"{where}: the models were trained with {key} {trained[key]}, but plans.json now has "
-                                f"{now[key]}; put plans.json back, or plan and train a new run for the new {key}")
+            raise ScreenerError(
+                f"{where}: the models were trained with {key} {trained[key]}, but plans.json now has "
+                f"{now[key]}; put plans.json back, or plan and train a new run for the new {key}"
+            )
 
 
 def check_upstream(run_dir, cfg: dict) -> None:
@@ -108,28 +113,34 @@ def check_upstream(run_dir, cfg: dict) -> None:
     for stage, digest in recorded.items():
         now = file_digest(model_path(run_dir, stage))
         if digest is not None and now is not None and now != digest:
-            raise ScreenerError(f"{density_config_path(run_dir)}: the density model was trained on another {stage} "
-                                f"model than {model_path(run_dir, stage)}; retrain it (`screener train {run_dir} "
-                                f"--stage density --resume false`), then `screener calibrate {run_dir}`")
+            raise ScreenerError(
+                f"{density_config_path(run_dir)}: the density model was trained on another {stage} "
+                f"model than {model_path(run_dir, stage)}; retrain it (`screener train {run_dir} "
+                f"--stage density --resume false`), then `screener calibrate {run_dir}`"
+            )
 
 
 def load_state(path: Path, what: str) -> dict:
     if not path.exists():
-        raise ScreenerError(f"{path}: {what} model not found; train it first "
-                            f"(`screener train {path.parent.parent.parent} --stage {path.parent.parent.name}`)")
+        raise ScreenerError(
+            f"{path}: {what} model not found; train it first "
+            f"(`screener train {path.parent.parent.parent} --stage {path.parent.parent.name}`)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ScreenerError(f"{path}: cannot load {what} model ({type(e).__name__}); the file is corrupt or not "
-                            "a Screener model") from None
+        raise ScreenerError(
+            f"{path}: cannot load {what} model ({type(e).__name__}); the file is corrupt or not a Screener model"
+        ) from None
 
 
 def load_into(module: nn.Module, state: dict, path: Path, what: str) -> nn.Module:
     try:
         module.load_state_dict(state)
     except RuntimeError as e:
-        raise ScreenerError(f"{path}: {what} model does not match plans.json (incompatible bundle: "
-                            f"{str(e).splitlines()[0][:150]})") from None
+        raise ScreenerError(
+            f"{path}: {what} model does not match plans.json (incompatible bundle: {str(e).splitlines()[0][:150]})"
+        ) from None
     return module
 
 
@@ -188,9 +199,17 @@ class FeatureExtractor(nn.Module):
     ``cond_dim`` channels in ``c``.
     """
 
-    def __init__(self, descriptor: nn.Module | None, condition_kind: str = "none", condition: nn.Module | None = None,
-                 cond_dim: int = 0, features: str = "descriptor", structure_scale: float = 1.0,
-                 surround: dict | None = None, histogram: dict | None = None):
+    def __init__(
+        self,
+        descriptor: nn.Module | None,
+        condition_kind: str = "none",
+        condition: nn.Module | None = None,
+        cond_dim: int = 0,
+        features: str = "descriptor",
+        structure_scale: float = 1.0,
+        surround: dict | None = None,
+        histogram: dict | None = None,
+    ):
         super().__init__()
         from screener_plans.nets import SinCosCondition
 
@@ -257,8 +276,9 @@ class Scorer(nn.Module):
         return nll[:, None]
 
 
-def density_config(plans: dict, condition: str | None, density: str | None, features: str | None = None,
-                   intensity_prior=None) -> dict:
+def density_config(
+    plans: dict, condition: str | None, density: str | None, features: str | None = None, intensity_prior=None
+) -> dict:
     """The density stage's choices: condition kind, density kind, features, intensity prior, sizes.
 
     Plans written before ``density.features`` / ``density.intensity_prior`` existed score the
@@ -274,23 +294,39 @@ def density_config(plans: dict, condition: str | None, density: str | None, feat
     else:
         prior = as_bool(intensity_prior, "intensity_prior")
     if prior and features == "descriptor":
-        raise ScreenerError("--intensity_prior needs the CT intensity among the scored features "
-                            "(--features intensity or descriptor+intensity)")
+        raise ScreenerError(
+            "--intensity_prior needs the CT intensity among the scored features "
+            "(--features intensity or descriptor+intensity)"
+        )
     base_dim = {"none": 0, "surround": len(DIRECTIONS) * len(SURROUND["radii_mm"]), "histogram": len(HISTOGRAM_BINS_HU)}
     cond_dim = base_dim.get(condition, int(plans["network"]["d_cond"])) + structure_dim(features)
     d_desc = int(plans["network"]["d_desc"]) if uses_descriptor(features) else 0
     dim = d_desc + (INTENSITY_CHANNELS if features != "descriptor" else 0)
-    cfg = {"condition": condition, "density": density, "features": features, "dim": dim,
-           "cond_dim": cond_dim, "preset": plans["preset"], "intensity_prior": prior}
+    cfg = {
+        "condition": condition,
+        "density": density,
+        "features": features,
+        "dim": dim,
+        "cond_dim": cond_dim,
+        "preset": plans["preset"],
+        "intensity_prior": prior,
+    }
     lo, hi = plans["intensity"]["window"]
     if uses_structure(features):
         cfg["structure_scale"] = float(hi - lo) / 100.0  # derivatives in 100 HU per voxel
     if condition == "surround":
-        cfg["surround"] = {**SURROUND, "spacing_mm": [float(v) for v in plans["spacing"]], "centre": 0.5,
-                           "scale": float(hi - lo) / 100.0}
+        cfg["surround"] = {
+            **SURROUND,
+            "spacing_mm": [float(v) for v in plans["spacing"]],
+            "centre": 0.5,
+            "scale": float(hi - lo) / 100.0,
+        }
     if condition == "histogram":
-        cfg["histogram"] = {**SHELL, "spacing_mm": [float(v) for v in plans["spacing"]],
-                            "centres": [(h - lo) / (hi - lo) for h in HISTOGRAM_BINS_HU]}
+        cfg["histogram"] = {
+            **SHELL,
+            "spacing_mm": [float(v) for v in plans["spacing"]],
+            "centres": [(h - lo) / (hi - lo) for h in HISTOGRAM_BINS_HU],
+        }
     if prior:
         # the raw intensity is the first channel after the descriptor's; one bin per HU
         cfg.update(prior_channel=d_desc, prior_bins=max(1, int(round(hi - lo))))
@@ -299,8 +335,16 @@ def density_config(plans: dict, condition: str | None, density: str | None, feat
 
 def with_density_choices(plans: dict, cfg: dict) -> dict:
     """A copy of ``plans`` whose ``density`` section holds the choices of ``cfg``."""
-    return {**plans, "density": {**plans["density"], "condition": cfg["condition"], "kind": cfg["density"],
-                                 "features": cfg["features"], "intensity_prior": cfg["intensity_prior"]}}
+    return {
+        **plans,
+        "density": {
+            **plans["density"],
+            "condition": cfg["condition"],
+            "kind": cfg["density"],
+            "features": cfg["features"],
+            "intensity_prior": cfg["intensity_prior"],
+        },
+    }
 
 
 def scorer_features(cfg: dict) -> str:
@@ -314,8 +358,16 @@ def feature_extractor(cfg: dict, network) -> FeatureExtractor:
     descriptor = network("descriptor") if uses_descriptor(scorer_features(cfg)) else None
     condition = network("condition") if cfg["condition"] == "masked" else None
     features = scorer_features(cfg)
-    return FeatureExtractor(descriptor, cfg["condition"], condition, cfg["cond_dim"] - structure_dim(features), features,
-                            cfg.get("structure_scale", 1.0), cfg.get("surround"), cfg.get("histogram"))
+    return FeatureExtractor(
+        descriptor,
+        cfg["condition"],
+        condition,
+        cfg["cond_dim"] - structure_dim(features),
+        features,
+        cfg.get("structure_scale", 1.0),
+        cfg.get("surround"),
+        cfg.get("histogram"),
+    )
 
 
 def build_density_model(cfg: dict) -> nn.Module:
@@ -353,8 +405,9 @@ def load_scorer(run_dir, plans: dict) -> Scorer:
     """The trained scorer of a run (all three stages), frozen, on CPU."""
     cfg_path = density_config_path(run_dir)
     if not cfg_path.exists():
-        raise ScreenerError(f"{cfg_path}: density model not found; train it first "
-                            f"(`screener train {run_dir} --stage density`)")
+        raise ScreenerError(
+            f"{cfg_path}: density model not found; train it first (`screener train {run_dir} --stage density`)"
+        )
     cfg = json.loads(cfg_path.read_text())
     check_preprocessing(cfg, plans, cfg_path)
     check_upstream(run_dir, cfg)

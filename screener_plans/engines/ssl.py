@@ -32,8 +32,11 @@ def build_stage_network(plans: dict, stage: str) -> nn.Module:
         raise ValueError(f"stage must be one of {sorted(STAGE_INPUTS)}, got {stage!r}")
     windows = plans["network"].get("windows_hu") or []
     stem = WindowStem(plans["intensity"]["window"], windows)
-    net = build_network(network_preset(plans["network"]), in_channels=STAGE_INPUTS[stage] + stem.extra_channels,
-                        out_channels=stage_width(plans, stage))
+    net = build_network(
+        network_preset(plans["network"]),
+        in_channels=STAGE_INPUTS[stage] + stem.extra_channels,
+        out_channels=stage_width(plans, stage),
+    )
     return WindowedNet(stem, net) if windows else net
 
 
@@ -99,8 +102,15 @@ class SSLIteration:
         engine.state.output = {"loss": terms["loss"].detach()}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        ok = optimizer_step(terms["loss"], optimizer, model.parameters(), self.grad_clip, self.scaler(device),
-                            self.guard, engine.state.iteration)
+        ok = optimizer_step(
+            terms["loss"],
+            optimizer,
+            model.parameters(),
+            self.grad_clip,
+            self.scaler(device),
+            self.guard,
+            engine.state.iteration,
+        )
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         out = {k: float(v.detach()) for k, v in terms.items()}
         out["lr"] = optimizer.param_groups[0]["lr"]

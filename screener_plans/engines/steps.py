@@ -39,12 +39,19 @@ class NonFiniteGuard:
                 group["max_lr"] *= self.factor
                 group["initial_lr"] = group.get("initial_lr", group["lr"]) * self.factor
                 group["min_lr"] = group.get("min_lr", 0.0) * self.factor
-        logger.warning("step %d: non-finite loss (%s); step skipped, learning rate x%g (now %.3g)", step,
-                       float(loss.detach()), self.factor, optimizer.param_groups[0]["lr"])
+        logger.warning(
+            "step %d: non-finite loss (%s); step skipped, learning rate x%g (now %.3g)",
+            step,
+            float(loss.detach()),
+            self.factor,
+            optimizer.param_groups[0]["lr"],
+        )
         if self.consecutive >= self.patience:
-            raise ScreenerError(f"training diverged: {self.consecutive} non-finite losses in a row at step {step} "
-                                "even after lowering the learning rate; the last good checkpoint is kept. "
-                                "Try a smaller optim.lr in plans.json")
+            raise ScreenerError(
+                f"training diverged: {self.consecutive} non-finite losses in a row at step {step} "
+                "even after lowering the learning rate; the last good checkpoint is kept. "
+                "Try a smaller optim.lr in plans.json"
+            )
         return False
 
     def state_dict(self) -> dict:
@@ -55,8 +62,15 @@ class NonFiniteGuard:
         self.lr_scale = float(state.get("lr_scale", 1.0))
 
 
-def optimizer_step(loss: torch.Tensor, optimizer, parameters, grad_clip: float, scaler=None,
-                   guard: NonFiniteGuard | None = None, step: int = 0) -> bool:
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizer,
+    parameters,
+    grad_clip: float,
+    scaler=None,
+    guard: NonFiniteGuard | None = None,
+    step: int = 0,
+) -> bool:
     """Backward, clip, step. Returns False when the step was skipped for a non-finite loss."""
     optimizer.zero_grad(set_to_none=True)
     if guard is not None and not guard.check(loss, optimizer, step):

@@ -36,7 +36,13 @@ def _ssl_step_fn(run_dir, plans, stage, device):
 
 def _density_step_fn(run_dir, plans, device):
     from screener_plans.data.dataset import CropDataset
-    from screener_plans.engines.models import Scorer, build_density_model, build_untrained_features, density_config, freeze
+    from screener_plans.engines.models import (
+        Scorer,
+        build_density_model,
+        build_untrained_features,
+        density_config,
+        freeze,
+    )
 
     cfg = density_config(plans, None, None)
     feats = freeze(build_untrained_features(plans, cfg))
@@ -64,7 +70,9 @@ def _density_step_fn(run_dir, plans, device):
 def measure_step_seconds(run_dir, plans: dict, stage: str, device=None, steps: int = 5) -> float:
     """Median seconds of one training step (data included) after two warm-up steps."""
     device = resolve_device(device)
-    step = _density_step_fn(run_dir, plans, device) if stage == "density" else _ssl_step_fn(run_dir, plans, stage, device)
+    step = (
+        _density_step_fn(run_dir, plans, device) if stage == "density" else _ssl_step_fn(run_dir, plans, stage, device)
+    )
     step(steps + 1)  # warm-ups on samples the timed steps do not reuse
     step(steps + 2)
     times = []

@@ -10,10 +10,18 @@ import torch
 from screener_plans.io_utils import write_json
 
 
-def write_untrained_run(run_dir, plans: dict, condition: str | None = None, density: str | None = None,
-                        seed: int = 0, threshold: float = 60.0, features: str | None = None,
-                        intensity_prior=None) -> Path:
+def write_untrained_run(
+    run_dir,
+    plans: dict,
+    condition: str | None = None,
+    density: str | None = None,
+    seed: int = 0,
+    threshold: float = 60.0,
+    features: str | None = None,
+    intensity_prior=None,
+) -> Path:
     """Write ``run_dir`` with plans, random descriptor/condition/density weights and a calibration."""
+    from screener_plans.data.preprocess import preprocessing_of
     from screener_plans.engines.models import (
         build_density_model,
         density_config,
@@ -21,7 +29,6 @@ def write_untrained_run(run_dir, plans: dict, condition: str | None = None, dens
         save_density_config,
         with_density_choices,
     )
-    from screener_plans.data.preprocess import preprocessing_of
     from screener_plans.engines.ssl import build_stage_network
     from screener_plans.planning.plans import save_plans
 
@@ -35,8 +42,10 @@ def write_untrained_run(run_dir, plans: dict, condition: str | None = None, dens
         torch.save(build_stage_network(plans, stage).state_dict(), model_path(run, stage))
     dens = build_density_model(cfg)
     with torch.no_grad():  # move the density off its identity init so scores vary per voxel
-        dens.initialize(torch.randn(2, cfg["dim"], 4, 4, 4) * 0.5,
-                        torch.randn(2, cfg["cond_dim"], 4, 4, 4) if cfg["cond_dim"] else None)
+        dens.initialize(
+            torch.randn(2, cfg["dim"], 4, 4, 4) * 0.5,
+            torch.randn(2, cfg["cond_dim"], 4, 4, 4) if cfg["cond_dim"] else None,
+        )
     model_path(run, "density").parent.mkdir(parents=True, exist_ok=True)
     torch.save(dens.state_dict(), model_path(run, "density"))
     save_density_config(run, {**cfg, "preprocessing": preprocessing_of(plans)})

@@ -81,7 +81,7 @@ class ScoreQuantile:
             self.binning = self._fit(values)
         counts = np.zeros(self.bins, dtype=np.int64)
         for start in range(0, values.size, _CHUNK):
-            part = values[start:start + _CHUNK]
+            part = values[start : start + _CHUNK]
             counts += np.bincount(self.binning.index(part), minlength=self.bins)
             finite = part[np.isfinite(part)]
             if finite.size:
@@ -89,7 +89,7 @@ class ScoreQuantile:
                 self.max = max(self.max, float(finite.max()))
         self.counts += counts
 
-    def merge(self, other: "ScoreQuantile") -> None:
+    def merge(self, other: ScoreQuantile) -> None:
         """Add another accumulator's counts (same bins required)."""
         if other.binning is None:
             return
@@ -162,8 +162,12 @@ def calibrate_threshold(score_maps, quantile: float = 0.999, bins: int = DEFAULT
         acc.update(score, mask)
         n_cases += 1
     if acc.n == 0:
-        raise ScreenerError("cannot calibrate the threshold: no training scores "
-                            f"({n_cases} case(s), no body voxels)")
+        raise ScreenerError(f"cannot calibrate the threshold: no training scores ({n_cases} case(s), no body voxels)")
     threshold = acc.quantile(float(quantile))
-    return {"threshold": float(threshold), "quantile": float(quantile), "n_voxels": acc.n,
-            "n_cases": n_cases, "resolution": acc.bin_width(threshold)}
+    return {
+        "threshold": float(threshold),
+        "quantile": float(quantile),
+        "n_voxels": acc.n,
+        "n_cases": n_cases,
+        "resolution": acc.bin_width(threshold),
+    }

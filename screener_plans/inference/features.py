@@ -53,8 +53,14 @@ def dense_features(plans_file, stage: str, image, output, model_file=None, devic
     if stage == "condition":
         x = torch.cat([x, torch.zeros_like(x)], dim=1)
     with torch.no_grad():
-        feats = sliding_window_inference(x, plans["crop_size"], sw_batch_size, net,
-                                         overlap=plans["inference"]["overlap"], mode=plans["inference"]["blend"])
+        feats = sliding_window_inference(
+            x,
+            plans["crop_size"],
+            sw_batch_size,
+            net,
+            overlap=plans["inference"]["overlap"],
+            mode=plans["inference"]["blend"],
+        )
     arr = np.moveaxis(feats[0].float().cpu().numpy(), 0, -1).astype(np.float32)
     output = Path(output)
     with atomic_path(output, suffix=".nii.gz") as tmp:

@@ -54,5 +54,5 @@ def draw_text(rgb: np.ndarray, text: str, row: int, col: int, colour, scale: int
         rs, cs = slice(max(r0, 0), min(r0 + mask.shape[0], h)), slice(max(c0, 0), min(c0 + mask.shape[1], w))
         if rs.start >= rs.stop or cs.start >= cs.stop:
             continue
-        sub = mask[rs.start - r0:rs.stop - r0, cs.start - c0:cs.stop - c0]
+        sub = mask[rs.start - r0 : rs.stop - r0, cs.start - c0 : cs.stop - c0]
         rgb[rs, cs][sub] = colour

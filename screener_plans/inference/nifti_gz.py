@@ -36,7 +36,7 @@ def nifti_gz_members(img: nib.Nifti1Image):
     step = max(1, SLAB_BYTES // max(1, data.nbytes // max(n_last, 1)))
 
     def slab(a: int) -> bytes:
-        return compress(data[..., a:a + step].tobytes(order="F"))
+        return compress(data[..., a : a + step].tobytes(order="F"))
 
     threads = worker_threads()
     with ThreadPoolExecutor(threads) as pool:

@@ -33,10 +33,24 @@ _DIRECTIONS = (("R", "L", "A", "P"), ("R", "L", "S", "I"), ("A", "P", "S", "I"))
 
 # matplotlib's "inferno" sampled at 10 evenly spaced points; linear interpolation between
 # them is visually indistinguishable from the full table at overlay sizes.
-_INFERNO = np.array([
-    [0x00, 0x00, 0x04], [0x1B, 0x0C, 0x42], [0x4B, 0x0C, 0x6B], [0x78, 0x1C, 0x6D], [0xA5, 0x2C, 0x60],
-    [0xCF, 0x44, 0x46], [0xED, 0x69, 0x25], [0xFB, 0x9A, 0x06], [0xF7, 0xD0, 0x3C], [0xFC, 0xFF, 0xA4],
-], dtype=np.float64) / 255.0
+_INFERNO = (
+    np.array(
+        [
+            [0x00, 0x00, 0x04],
+            [0x1B, 0x0C, 0x42],
+            [0x4B, 0x0C, 0x6B],
+            [0x78, 0x1C, 0x6D],
+            [0xA5, 0x2C, 0x60],
+            [0xCF, 0x44, 0x46],
+            [0xED, 0x69, 0x25],
+            [0xFB, 0x9A, 0x06],
+            [0xF7, 0xD0, 0x3C],
+            [0xFC, 0xFF, 0xA4],
+        ],
+        dtype=np.float64,
+    )
+    / 255.0
+)
 # The dark start of the map would look like a shadow on CT; overlays use its bright part.
 _CMAP_START = 0.3
 
@@ -74,7 +88,7 @@ def _square_pixels(img: np.ndarray, row_mm: float, col_mm: float, pixel_mm: floa
     shape = (max(1, int(round(img.shape[0] * row_mm / pixel_mm))), max(1, int(round(img.shape[1] * col_mm / pixel_mm))))
     zoom = (shape[0] / img.shape[0], shape[1] / img.shape[1])
     out = ndimage.zoom(img.astype(np.float32), zoom, order=order, mode="nearest", grid_mode=True)
-    return out[:shape[0], :shape[1]]
+    return out[: shape[0], : shape[1]]
 
 
 def _argmax_voxel(score: np.ndarray) -> tuple[int, ...]:
@@ -122,9 +136,9 @@ def _marker(rgb: np.ndarray, row: int, col: int) -> None:
         r0, r1 = sorted((row + d * gap, row + d * (gap + length)))
         c0, c1 = sorted((col + d * gap, col + d * (gap + length)))
         if 0 <= col < w:
-            rgb[max(r0, 0):max(min(r1, h), 0), col] = colour
+            rgb[max(r0, 0) : max(min(r1, h), 0), col] = colour
         if 0 <= row < h:
-            rgb[row, max(c0, 0):max(min(c1, w), 0)] = colour
+            rgb[row, max(c0, 0) : max(min(c1, w), 0)] = colour
 
 
 def _label_directions(rgb: np.ndarray, letters, scale: int, keep_clear: np.ndarray) -> None:
@@ -136,9 +150,13 @@ def _label_directions(rgb: np.ndarray, letters, scale: int, keep_clear: np.ndarr
         return
     colour = np.asarray(LABEL_RGB) / 255.0
     left, right, top, bottom = letters
-    for letter, row, col in ((left, (h - th) // 2, 2), (right, (h - th) // 2, w - tw - 2),
-                             (top, 2, (w - tw) // 2), (bottom, h - th - 2, (w - tw) // 2)):
-        if not keep_clear[row:row + th, col:col + tw].any():
+    for letter, row, col in (
+        (left, (h - th) // 2, 2),
+        (right, (h - th) // 2, w - tw - 2),
+        (top, 2, (w - tw) // 2),
+        (bottom, h - th - 2, (w - tw) // 2),
+    ):
+        if not keep_clear[row : row + th, col : col + tw].any():
             draw_text(rgb, letter, row, col, colour, scale)
 
 
@@ -157,8 +175,15 @@ def _scale_labels(height: int, start: float, top: float, scale: int) -> np.ndarr
     return strip
 
 
-def render_overlay(image_hu: np.ndarray, score: np.ndarray, affine: np.ndarray, point_voxel=None,
-                   threshold: float | None = None, window=CT_WINDOW, panel_px: int = PANEL_PX) -> np.ndarray:
+def render_overlay(
+    image_hu: np.ndarray,
+    score: np.ndarray,
+    affine: np.ndarray,
+    point_voxel=None,
+    threshold: float | None = None,
+    window=CT_WINDOW,
+    panel_px: int = PANEL_PX,
+) -> np.ndarray:
     """Axial | coronal | sagittal slices through ``point_voxel`` with the map overlaid (uint8 RGB).
 
     ``image_hu`` and ``score`` are on the input grid (file voxel order), ``affine`` maps voxels
@@ -191,9 +216,11 @@ def render_overlay(image_hu: np.ndarray, score: np.ndarray, affine: np.ndarray, 
     pixel_mm = extent / long_side
     text_scale = _text_scale(long_side)
     # (slice index, the two in-plane RAS axes, the point within the plane)
-    views = [((slice(None), slice(None), z), (0, 1), (x, y)),   # axial
-             ((slice(None), y, slice(None)), (0, 2), (x, z)),   # coronal
-             ((x, slice(None), slice(None)), (1, 2), (y, z))]   # sagittal
+    views = [
+        ((slice(None), slice(None), z), (0, 1), (x, y)),  # axial
+        ((slice(None), y, slice(None)), (0, 2), (x, z)),  # coronal
+        ((x, slice(None), slice(None)), (1, 2), (y, z)),
+    ]  # sagittal
     lo, hi = float(window[0]), float(window[1])
     panels = []
     for (index, (a, b), (pa, pb)), letters in zip(views, _DIRECTIONS):
@@ -215,7 +242,7 @@ def render_overlay(image_hu: np.ndarray, score: np.ndarray, affine: np.ndarray, 
     for p in panels + [np.repeat(legend[:, None, :], LEGEND_PX, axis=1), _scale_labels(height, start, top, text_scale)]:
         padded = np.zeros((height, p.shape[1], 3))
         top_px = (height - p.shape[0]) // 2  # shorter panels centred, not hung from the top
-        padded[top_px:top_px + p.shape[0]] = p
+        padded[top_px : top_px + p.shape[0]] = p
         parts += [padded, np.zeros((height, GAP_PX, 3))]
     out = np.concatenate(parts[:-1], axis=1)
     return np.round(out * 255.0).astype(np.uint8)
@@ -234,8 +261,12 @@ def encode_png(rgb: np.ndarray) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit truecolour, no interlace
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
+        + chunk(b"IEND", b"")
+    )
 
 
 def save_png(path, rgb: np.ndarray) -> str:

@@ -60,8 +60,10 @@ def load_threshold(run_dir) -> float | None:
         return None
     calibration = _read_calibration(path)
     if not _made_with_present_density(run_dir, calibration):
-        raise ScreenerError(f"{path}: calibrated with another density model than the run's present one; "
-                            f"run `screener calibrate {run_dir}`")
+        raise ScreenerError(
+            f"{path}: calibrated with another density model than the run's present one; "
+            f"run `screener calibrate {run_dir}`"
+        )
     return float(calibration["threshold"])
 
 
@@ -70,15 +72,23 @@ def build_inferer(plans: dict, device, progress: bool = False):
 
     keep_freed_memory()  # whole-scan scoring: no page faults for every window's activations (memory.py)
     inf = plans["inference"]
-    return ScorerInferer(plans["crop_size"], inf["overlap"], inf["blend"], inf["sw_batch_size"],
-                         amp=plans["amp"], progress=progress)
+    return ScorerInferer(
+        plans["crop_size"], inf["overlap"], inf["blend"], inf["sw_batch_size"], amp=plans["amp"], progress=progress
+    )
 
 
 CALIBRATION_CASES = 4  # what `plan-and-train` and `screener calibrate` both score by default
 
 
-def calibrate(run_dir, plans: dict | None = None, scorer=None, device="auto", max_cases: int = CALIBRATION_CASES,
-              quantile: float | None = None, progress: bool = True) -> dict:
+def calibrate(
+    run_dir,
+    plans: dict | None = None,
+    scorer=None,
+    device="auto",
+    max_cases: int = CALIBRATION_CASES,
+    quantile: float | None = None,
+    progress: bool = True,
+) -> dict:
     """Score up to ``max_cases`` training scans and store the body-voxel score quantile as threshold."""
     from screener_plans.data.dataset import training_cases
     from screener_plans.data.preprocess import load_case
@@ -109,8 +119,12 @@ def calibrate(run_dir, plans: dict | None = None, scorer=None, device="auto", ma
 
     result = {**result, "cases": chosen, "density_model": file_digest(model_path(run_dir, "density"))}
     write_json(calibration_path(run_dir), result)
-    logger.info("calibrated region threshold %.4g (body-voxel quantile %g over %d training cases)",
-                result["threshold"], quantile, len(chosen))
+    logger.info(
+        "calibrated region threshold %.4g (body-voxel quantile %g over %d training cases)",
+        result["threshold"],
+        quantile,
+        len(chosen),
+    )
     return result
 
 
@@ -125,8 +139,18 @@ class Predictor:
     is written exactly once; the summaries are gathered on every rank.
     """
 
-    def __init__(self, run_dir, plans: dict, scorer, device, threshold: float | None = None,
-                 skip_bad: bool = True, overwrite: bool = False, progress: bool = True, overlap: bool | None = None):
+    def __init__(
+        self,
+        run_dir,
+        plans: dict,
+        scorer,
+        device,
+        threshold: float | None = None,
+        skip_bad: bool = True,
+        overwrite: bool = False,
+        progress: bool = True,
+        overlap: bool | None = None,
+    ):
         self.run_dir, self.plans, self.device = Path(run_dir), plans, torch.device(device)
         self.overlap = overlap_io(self.device) if overlap is None else bool(overlap)
         self.scorer = scorer.to(self.device).eval()
@@ -147,9 +171,11 @@ class Predictor:
             except (OSError, ValueError, AttributeError):
                 written = None  # unreadable, or written before outputs carried a model id: kept
             if written is not None and written != self.model_id:
-                raise ScreenerError(f"{out_dir / (name + '_regions.json')}: written by another model (or another "
-                                    "calibration); pass --overwrite true to replace this folder's outputs, or "
-                                    "choose another output folder")
+                raise ScreenerError(
+                    f"{out_dir / (name + '_regions.json')}: written by another model (or another "
+                    "calibration); pass --overwrite true to replace this folder's outputs, or "
+                    "choose another output folder"
+                )
 
     def load(self, case) -> dict:
         """Read, check and preprocess one case (thread-safe: no torch, no shared state)."""
@@ -161,8 +187,14 @@ class Predictor:
         img = validate_ct(read_case(case))
         t_read = time.perf_counter()
         image, mask, meta = preprocess_image(img, self.plans)
-        return {"case": case, "img": img, "image": image, "mask": mask, "meta": meta,
-                "timing": {"read": t_read - t0, "preprocess": time.perf_counter() - t_read}}
+        return {
+            "case": case,
+            "img": img,
+            "image": image,
+            "mask": mask,
+            "meta": meta,
+            "timing": {"read": t_read - t0, "preprocess": time.perf_counter() - t_read},
+        }
 
     def score(self, loaded: dict) -> dict:
         """Sliding-window NLL on the preprocessed grid, then back onto the input's own grid."""
@@ -173,8 +205,9 @@ class Predictor:
         score = self.inferer(self.scorer, image, meta["crop_origin_mm"], meta["spacing"], self.device)
         t_inf = time.perf_counter()
         loaded["original"] = to_original_grid(score, mask, meta)
-        loaded["threshold"] = (self.threshold if self.threshold is not None
-                               else float(np.quantile(score[mask > 0], 0.999)))
+        loaded["threshold"] = (
+            self.threshold if self.threshold is not None else float(np.quantile(score[mask > 0], 0.999))
+        )
         loaded["timing"].update(sliding_window=t_inf - t0, resample_back=time.perf_counter() - t_inf)
         loaded["cache_shape"] = list(image.shape)
         for key in ("image", "mask"):  # free the preprocessed arrays before the write
@@ -186,10 +219,19 @@ class Predictor:
 
         t0 = time.perf_counter()
         case, img = scored["case"], scored["img"]
-        result = write_case_outputs(out_dir, case.name, scored["original"], img.affine, img.array,
-                                    scored["threshold"], extra={"source": str(case.path),
-                                                                "threshold_calibrated": self.threshold is not None,
-                                                                "model_id": self.model_id})
+        result = write_case_outputs(
+            out_dir,
+            case.name,
+            scored["original"],
+            img.affine,
+            img.array,
+            scored["threshold"],
+            extra={
+                "source": str(case.path),
+                "threshold_calibrated": self.threshold is not None,
+                "model_id": self.model_id,
+            },
+        )
         result["timing"] = {**scored["timing"], "write": time.perf_counter() - t0}
         result["cache_shape"] = scored["cache_shape"]
         result["case"] = case.name
@@ -211,8 +253,12 @@ class Predictor:
         out_dir = ensure_writable_dir(output_dir)
         sweep_stale_temporaries(out_dir)  # left by a run killed mid-write
         if self.threshold is None:
-            logger.warning("%s has no calibration.json: region threshold falls back to each scan's 99.9th "
-                           "percentile (run `screener calibrate %s`)", self.run_dir, self.run_dir)
+            logger.warning(
+                "%s has no calibration.json: region threshold falls back to each scan's 99.9th "
+                "percentile (run `screener calibrate %s`)",
+                self.run_dir,
+                self.run_dir,
+            )
         rank, world = launch_rank_world()
         cases, bad = cases[rank::world], bad[rank::world]
         summary = {"done": [], "skipped_existing": [], "errors": [{"path": b.path, "problem": b.reason} for b in bad]}
@@ -230,8 +276,9 @@ class Predictor:
 
         def finish(write) -> None:
             res = write.result()
-            summary["done"].append({"case": res["case"], "n_regions": len(res.get("regions", [])),
-                                    "timing": res["timing"]})
+            summary["done"].append(
+                {"case": res["case"], "n_regions": len(res.get("regions", [])), "timing": res["timing"]}
+            )
             bar.update()
 
         def executor(name, deferred):
@@ -241,7 +288,7 @@ class Predictor:
         with executor("screener-load", True) as loader, executor("screener-write", False) as writer:
             upcoming = loader.submit(self.load, todo[0]) if todo else None
             pending = None
-            for i, case in enumerate(todo):
+            for i in range(len(todo)):
                 current = upcoming
                 upcoming = loader.submit(self.load, todo[i + 1]) if i + 1 < len(todo) else None
                 try:
@@ -262,8 +309,9 @@ class Predictor:
         for e in summary["errors"]:
             logger.warning("skipped %s: %s", e["path"], e["problem"])
         if summary["errors"] and not summary["done"] and not summary["skipped_existing"]:
-            raise ScreenerError(f"no case could be scored; first: {summary['errors'][0]['path']}: "
-                                f"{summary['errors'][0]['problem']}")
+            raise ScreenerError(
+                f"no case could be scored; first: {summary['errors'][0]['path']}: {summary['errors'][0]['problem']}"
+            )
         return summary
 
 
@@ -278,8 +326,10 @@ def _refuse_overwriting_inputs(cases, out_dir: Path) -> None:
         for suffix in (".nii.gz", "_regions.json", ".png"):
             target = out_dir / f"{case.name}{suffix}"
             if target.exists() and os.path.realpath(target) in inputs:
-                raise ScreenerError(f"{out_dir}: the output folder holds the input scan {target}, which its anomaly "
-                                    "map would replace; choose another output folder")
+                raise ScreenerError(
+                    f"{out_dir}: the output folder holds the input scan {target}, which its anomaly "
+                    "map would replace; choose another output folder"
+                )
 
 
 def model_fingerprint(scorer: torch.nn.Module, threshold: float | None) -> str:
@@ -317,8 +367,16 @@ def _gather(summary: dict, world: int) -> dict:
     return merged
 
 
-def predict(run_dir, input_path, output_dir, device="auto", skip_bad: bool = True, overwrite: bool = False,
-            progress: bool = True, torchscript=None) -> dict:
+def predict(
+    run_dir,
+    input_path,
+    output_dir,
+    device="auto",
+    skip_bad: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+    torchscript=None,
+) -> dict:
     """Score a file or folder with the trained run (or fetched model) in ``run_dir``.
 
     ``torchscript``: True for ``run_dir/models/model.ts``, or the path of a TorchScript export.
@@ -330,8 +388,16 @@ def predict(run_dir, input_path, output_dir, device="auto", skip_bad: bool = Tru
     plans = load_plans(Path(run_dir) / "plans.json")
     device = resolve_device(device)
     scorer = load_run_scorer(run_dir, plans, torchscript)
-    predictor = Predictor(run_dir, plans, scorer, device, load_threshold(run_dir),
-                          skip_bad=skip_bad, overwrite=overwrite, progress=progress)
+    predictor = Predictor(
+        run_dir,
+        plans,
+        scorer,
+        device,
+        load_threshold(run_dir),
+        skip_bad=skip_bad,
+        overwrite=overwrite,
+        progress=progress,
+    )
     return predictor.run(input_path, output_dir)
 
 
@@ -339,13 +405,17 @@ def format_summary(summary: dict) -> str:
     """One line per outcome for the console."""
     if launch_rank_world()[0] != 0:  # under torchrun every rank holds the merged summary; rank 0 prints it
         return ""
-    lines = [f"scored {len(summary['done'])} case(s), {len(summary['skipped_existing'])} already done, "
-             f"{len(summary['errors'])} skipped"]
+    lines = [
+        f"scored {len(summary['done'])} case(s), {len(summary['skipped_existing'])} already done, "
+        f"{len(summary['errors'])} skipped"
+    ]
     for d in summary["done"]:
         t = d["timing"]
-        lines.append(f"  {d['case']}: {d['n_regions']} region(s), {sum(t.values()):.1f} s "
-                     f"(read {t['read']:.1f}, preprocess {t['preprocess']:.1f}, sliding window {t['sliding_window']:.1f}, "
-                     f"back to input grid {t['resample_back']:.1f}, write {t['write']:.1f})")
+        lines.append(
+            f"  {d['case']}: {d['n_regions']} region(s), {sum(t.values()):.1f} s "
+            f"(read {t['read']:.1f}, preprocess {t['preprocess']:.1f}, sliding window {t['sliding_window']:.1f}, "
+            f"back to input grid {t['resample_back']:.1f}, write {t['write']:.1f})"
+        )
     for e in summary["errors"]:
         lines.append(f"  skipped {e['path']}: {e['problem']}")
     return "\n".join(lines)

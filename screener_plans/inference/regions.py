@@ -26,9 +26,15 @@ def default_min_voxels(affine: np.ndarray, min_volume_ml: float = MIN_REGION_ML)
     return max(1, int(math.ceil(min_volume_ml / vox - 1e-9)))
 
 
-def find_regions(score: np.ndarray, affine: np.ndarray, threshold: float, min_voxels: int | None = None,
-                 body_mask: np.ndarray | None = None, max_regions: int | None = 100,
-                 return_total: bool = False):
+def find_regions(
+    score: np.ndarray,
+    affine: np.ndarray,
+    threshold: float,
+    min_voxels: int | None = None,
+    body_mask: np.ndarray | None = None,
+    max_regions: int | None = 100,
+    return_total: bool = False,
+):
     """26-connected regions of ``score > threshold``, sorted by max score (highest first).
 
     ``score`` is on the input grid (file voxel order) and ``affine`` maps its voxels to RAS mm.
@@ -76,7 +82,7 @@ def find_regions(score: np.ndarray, affine: np.ndarray, threshold: float, min_vo
     keep = keep[np.lexsort((-count[keep], -peak[keep]))]  # max score desc, larger first on ties
     n_total = int(keep.size)
     if max_regions is not None:
-        keep = keep[:max(0, int(max_regions))]
+        keep = keep[: max(0, int(max_regions))]
     boxes = ndimage.find_objects(labels, max_label=n)
     del labels
     vox_ml = voxel_volume_ml(affine)
@@ -86,15 +92,17 @@ def find_regions(score: np.ndarray, affine: np.ndarray, threshold: float, min_vo
     for rank, k in enumerate(keep):
         box = tuple(slice(sl.start + a, sl.stop + a) for sl, a in zip(boxes[k], start))
         at = int(peak_at[k])
-        regions.append({
-            "id": rank + 1,
-            "centroid_voxel": [round(float(v), 3) for v in centre[k]],
-            "centroid_mm": [round(float(v), 3) for v in centre_mm[rank]],
-            "bbox_voxel": {"start": [int(s.start) for s in box], "stop": [int(s.stop) for s in box]},
-            "max_voxel": [int(c[at]) for c in coords],
-            "volume_ml": float(count[k] * vox_ml),
-            "max_score": float(peak[k]),
-            "mean_score": float(total[k] / count[k]),
-            "n_voxels": int(count[k]),
-        })
+        regions.append(
+            {
+                "id": rank + 1,
+                "centroid_voxel": [round(float(v), 3) for v in centre[k]],
+                "centroid_mm": [round(float(v), 3) for v in centre_mm[rank]],
+                "bbox_voxel": {"start": [int(s.start) for s in box], "stop": [int(s.stop) for s in box]},
+                "max_voxel": [int(c[at]) for c in coords],
+                "volume_ml": float(count[k] * vox_ml),
+                "max_score": float(peak[k]),
+                "mean_score": float(total[k] / count[k]),
+                "n_voxels": int(count[k]),
+            }
+        )
     return (regions, n_total) if return_total else regions

@@ -16,15 +16,18 @@ from screener_plans.data.preprocess import resample
 
 def _check_cache_shape(array: np.ndarray, meta: dict, what: str) -> None:
     if tuple(array.shape) != tuple(meta["shape"]):
-        raise ValueError(f"{what} has shape {tuple(array.shape)}, the cached case {meta.get('name', '')!r} "
-                         f"has shape {tuple(meta['shape'])}")
+        raise ValueError(
+            f"{what} has shape {tuple(array.shape)}, the cached case {meta.get('name', '')!r} "
+            f"has shape {tuple(meta['shape'])}"
+        )
 
 
 def _nearest_indices(meta: dict) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per RAS axis: the nearest cached index of every RAS index, and whether it lies in the crop."""
     index, valid = [], []
-    for n_ras, n_res, start, stop in zip(meta["ras_shape"], meta["resampled_shape"],
-                                         meta["crop_start"], meta["crop_stop"]):
+    for n_ras, n_res, start, stop in zip(
+        meta["ras_shape"], meta["resampled_shape"], meta["crop_start"], meta["crop_stop"]
+    ):
         pos = scale_index(np.arange(n_ras), n_ras, n_res)  # continuous index in the resampled grid
         nearest = np.clip(np.floor(pos + 0.5).astype(np.int64), 0, n_res - 1)
         inside = (nearest >= start) & (nearest < stop)
@@ -43,8 +46,9 @@ def to_original_mask(mask_cache: np.ndarray, meta: dict) -> np.ndarray:
     return from_ras(out, meta["ornt"])
 
 
-def to_original_grid(score_cache: np.ndarray, body_mask_cache: np.ndarray | None, meta: dict,
-                     fill: float | None = None) -> np.ndarray:
+def to_original_grid(
+    score_cache: np.ndarray, body_mask_cache: np.ndarray | None, meta: dict, fill: float | None = None
+) -> np.ndarray:
     """Resample a map on the cached grid onto the input scan's grid (float32, ``original_shape``).
 
     Voxels outside the body (``body_mask_cache == 0``) and outside the crop box get ``fill``

@@ -16,8 +16,16 @@ from screener_plans.engines.device import amp_dtype, autocast, channels_last
 class ScorerInferer:
     """Callable ``(scorer, image (X,Y,Z), origin_mm, spacing, device) -> NLL map (X,Y,Z)``."""
 
-    def __init__(self, roi_size, overlap: float = 0.25, mode: str = "gaussian", sw_batch_size: int = 2,
-                 amp: bool = True, progress: bool = False, channels_last: bool = True):
+    def __init__(
+        self,
+        roi_size,
+        overlap: float = 0.25,
+        mode: str = "gaussian",
+        sw_batch_size: int = 2,
+        amp: bool = True,
+        progress: bool = False,
+        channels_last: bool = True,
+    ):
         self.roi_size = tuple(int(r) for r in roi_size)
         self.overlap, self.mode = float(overlap), mode
         self.sw_batch_size, self.amp, self.progress = int(sw_batch_size), bool(amp), bool(progress)
@@ -55,8 +63,16 @@ class ScorerInferer:
                 out = scorer(window, origins, spc[None].expand(window.shape[0], 3))
             return out[:n].float().contiguous()
 
-        out = sliding_window_inference(x, self.roi_size, self.sw_batch_size, predictor, overlap=self.overlap,
-                                       mode=self.mode, progress=self.progress, with_coord=True)
+        out = sliding_window_inference(
+            x,
+            self.roi_size,
+            self.sw_batch_size,
+            predictor,
+            overlap=self.overlap,
+            mode=self.mode,
+            progress=self.progress,
+            with_coord=True,
+        )
         out = out[0, 0].float().cpu().numpy()
         if any(pad):
             out = out[tuple(slice(0, s - p) for s, p in zip(out.shape, pad))]

@@ -49,9 +49,17 @@ def save_nifti(path, array: np.ndarray, affine: np.ndarray) -> str:
     return str(path)
 
 
-def write_case_outputs(out_dir, case_name: str, score_original: np.ndarray, affine: np.ndarray,
-                       image_hu_original: np.ndarray, threshold: float, extra: dict | None = None,
-                       min_voxels: int | None = None, max_regions: int = 100) -> dict:
+def write_case_outputs(
+    out_dir,
+    case_name: str,
+    score_original: np.ndarray,
+    affine: np.ndarray,
+    image_hu_original: np.ndarray,
+    threshold: float,
+    extra: dict | None = None,
+    min_voxels: int | None = None,
+    max_regions: int = 100,
+) -> dict:
     """Write ``<case>.nii.gz``, ``<case>_regions.json`` and ``<case>.png`` into ``out_dir``.
 
     ``score_original`` and ``image_hu_original`` are on the input grid with the input's
@@ -68,15 +76,25 @@ def write_case_outputs(out_dir, case_name: str, score_original: np.ndarray, affi
     if clash:
         raise ValueError(f"extra keys {sorted(clash)} would overwrite the regions report's own keys")
     score = np.asarray(score_original, dtype=np.float32)
-    paths = {"nifti": out_dir / f"{case_name}.nii.gz", "regions_json": out_dir / f"{case_name}_regions.json",
-             "png": out_dir / f"{case_name}.png"}
+    paths = {
+        "nifti": out_dir / f"{case_name}.nii.gz",
+        "regions_json": out_dir / f"{case_name}_regions.json",
+        "png": out_dir / f"{case_name}.png",
+    }
     # the map is compressed in the background while regions and picture are made from it
     with ThreadPoolExecutor(1) as pool:
         nifti = pool.submit(save_nifti, paths["nifti"], score, affine)
-        regions, n_total = find_regions(score, affine, threshold, min_voxels=min_voxels,
-                                        max_regions=max_regions, return_total=True)
-        report = {"case": case_name, "threshold": float(threshold), **_jsonable(extra),
-                  "n_regions": len(regions), "n_regions_total": n_total, "regions": regions}
+        regions, n_total = find_regions(
+            score, affine, threshold, min_voxels=min_voxels, max_regions=max_regions, return_total=True
+        )
+        report = {
+            "case": case_name,
+            "threshold": float(threshold),
+            **_jsonable(extra),
+            "n_regions": len(regions),
+            "n_regions_total": n_total,
+            "regions": regions,
+        }
         point = regions[0]["max_voxel"] if regions else None
         picture = render_overlay(image_hu_original, score, affine, point_voxel=point, threshold=threshold)
         nifti.result()

@@ -14,8 +14,6 @@ similarities are one (2N, 2N) matmul and the log-softmax is stable.
 
 from __future__ import annotations
 
-from typing import Dict
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,7 +30,7 @@ class InfoNCELoss(nn.Module):
             raise ValueError(f"InfoNCE temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
         _check_pair(z1, z2, 1, "InfoNCELoss")
         n = z1.shape[0]
         with torch.autocast(device_type=z1.device.type, enabled=False):

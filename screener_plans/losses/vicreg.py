@@ -17,8 +17,6 @@ should span all ranks.
 
 from __future__ import annotations
 
-from typing import Dict
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,7 +24,9 @@ from torch import nn
 
 def _check_pair(z1: torch.Tensor, z2: torch.Tensor, min_rows: int, name: str) -> None:
     if z1.ndim != 2 or z1.shape != z2.shape:
-        raise ValueError(f"{name} expects two (N, D) tensors of equal shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError(
+            f"{name} expects two (N, D) tensors of equal shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
     if z1.shape[0] < min_rows:
         raise ValueError(f"{name} needs at least {min_rows} pairs, got {z1.shape[0]}")
 
@@ -58,7 +58,7 @@ class VICRegLoss(nn.Module):
         self.cov_weight = float(cov_weight)
         self.eps = float(eps)
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> dict[str, torch.Tensor]:
         _check_pair(z1, z2, 2, "VICRegLoss")
         with torch.autocast(device_type=z1.device.type, enabled=False):
             z1, z2 = z1.float(), z2.float()

@@ -52,7 +52,7 @@ def partial_area(x: np.ndarray, y: np.ndarray, max_x: float = 1.0) -> tuple[floa
     y = np.asarray(y, dtype=np.float64)
     dx, dy = np.diff(x), np.diff(y)
     k = int(np.searchsorted(x, max_x, side="right")) - 1  # last point with x <= max_x
-    area = float(np.sum(dx[:k] * (y[1:k + 1] + y[:k]) * 0.5))
+    area = float(np.sum(dx[:k] * (y[1 : k + 1] + y[:k]) * 0.5))
     bound = float(np.sum(dx[:k] * np.abs(dy[:k]))) * 0.5
     if k < len(x) - 1 and x[k] < max_x:
         width = max_x - x[k]
@@ -72,8 +72,9 @@ class VoxelMetricAccumulator:
     regions of different volumes are distinct and pooled.
     """
 
-    def __init__(self, lo: float, hi: float, bins: int = DEFAULT_BINS,
-                 center: float | None = None, scale: float | None = None):
+    def __init__(
+        self, lo: float, hi: float, bins: int = DEFAULT_BINS, center: float | None = None, scale: float | None = None
+    ):
         self._init(ScoreBinning(lo, hi, bins, center=center, scale=scale))
 
     def _init(self, binning: ScoreBinning) -> None:
@@ -83,13 +84,13 @@ class VoxelMetricAccumulator:
         self.n_regions = 0
 
     @classmethod
-    def from_binning(cls, binning: ScoreBinning) -> "VoxelMetricAccumulator":
+    def from_binning(cls, binning: ScoreBinning) -> VoxelMetricAccumulator:
         acc = cls.__new__(cls)
         acc._init(binning)
         return acc
 
     @classmethod
-    def for_scores(cls, scores, mask=None, bins: int = DEFAULT_BINS) -> "VoxelMetricAccumulator":
+    def for_scores(cls, scores, mask=None, bins: int = DEFAULT_BINS) -> VoxelMetricAccumulator:
         """Empty accumulator with robust bins fitted to in-memory scores (one array or a list)."""
         summary = ScoreRange()
         volumes = scores if isinstance(scores, (list, tuple)) else [scores]
@@ -99,11 +100,11 @@ class VoxelMetricAccumulator:
             summary.update(volume if m is None else volume[np.asanyarray(m) > 0])
         return cls.from_binning(summary.binning(bins))
 
-    def empty_like(self) -> "VoxelMetricAccumulator":
+    def empty_like(self) -> VoxelMetricAccumulator:
         """A new empty accumulator with the same bins (e.g. for one case, merged later)."""
         return type(self).from_binning(self.binning)
 
-    def merge(self, other: "VoxelMetricAccumulator") -> None:
+    def merge(self, other: VoxelMetricAccumulator) -> None:
         """Add another accumulator's voxels and regions (same bins required)."""
         if not self.binning.same_as(other.binning):
             raise ValueError("cannot merge accumulators with different bins")
@@ -172,8 +173,7 @@ class VoxelMetricAccumulator:
             positive = r > 0
             counts += np.bincount(bin_index + bins * positive, minlength=2 * bins)
             if n_found:
-                overlap += np.bincount(bin_index[positive], weights=inverse_size[r[positive]],
-                                       minlength=bins)
+                overlap += np.bincount(bin_index[positive], weights=inverse_size[r[positive]], minlength=bins)
         # Commit only after the whole volume passed the checks.
         self.counts += counts.reshape(2, bins)
         self.overlap += overlap
@@ -203,8 +203,7 @@ class VoxelMetricAccumulator:
         # The overlap sums to n_regions up to rounding; dividing by its own running total makes
         # PRO end at exactly 1 (a perfect predictor then scores exactly 1).
         over_total = float(np.cumsum(over)[-1]) if self.n_regions and over.size else 0.0
-        return (cumulative(neg, self.n_negative), cumulative(pos, self.n_positive),
-                cumulative(over, over_total))
+        return (cumulative(neg, self.n_negative), cumulative(pos, self.n_positive), cumulative(over, over_total))
 
     def _areas(self, max_fpr: float) -> dict[str, tuple[float, float]]:
         if not 0.0 < max_fpr <= 1.0:
@@ -222,14 +221,12 @@ class VoxelMetricAccumulator:
     def compute(self) -> dict[str, float]:
         """``{"auroc", "auroc_fpr03", "aupro_fpr03"}``; NaN where undefined (see undefined_reason)."""
         areas = self._areas(MAX_FPR)
-        return {"auroc": areas["auroc"][0], "auroc_fpr03": areas["auroc_fpr"][0],
-                "aupro_fpr03": areas["aupro_fpr"][0]}
+        return {"auroc": areas["auroc"][0], "auroc_fpr03": areas["auroc_fpr"][0], "aupro_fpr03": areas["aupro_fpr"][0]}
 
     def error_bounds(self) -> dict[str, float]:
         """Upper bounds on |binned - exact| for each metric of ``compute()`` (same keys)."""
         areas = self._areas(MAX_FPR)
-        return {"auroc": areas["auroc"][1], "auroc_fpr03": areas["auroc_fpr"][1],
-                "aupro_fpr03": areas["aupro_fpr"][1]}
+        return {"auroc": areas["auroc"][1], "auroc_fpr03": areas["auroc_fpr"][1], "aupro_fpr03": areas["aupro_fpr"][1]}
 
     def partial_auroc(self, max_fpr: float = MAX_FPR) -> float:
         return self._areas(max_fpr)["auroc_fpr"][0]

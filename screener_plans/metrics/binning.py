@@ -31,8 +31,9 @@ class ScoreBinning:
     end bins, which keeps the ordering and only coarsens those bins.
     """
 
-    def __init__(self, lo: float, hi: float, bins: int = DEFAULT_BINS,
-                 center: float | None = None, scale: float | None = None):
+    def __init__(
+        self, lo: float, hi: float, bins: int = DEFAULT_BINS, center: float | None = None, scale: float | None = None
+    ):
         lo, hi, bins = float(lo), float(hi), int(bins)
         if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
             raise ScreenerError(f"score range must be finite with lo <= hi, got ({lo}, {hi})")
@@ -50,7 +51,7 @@ class ScoreBinning:
         self._per_unit = bins / (t_hi - t_lo)
 
     @classmethod
-    def robust(cls, lo: float, hi: float, sample: np.ndarray, bins: int = DEFAULT_BINS) -> "ScoreBinning":
+    def robust(cls, lo: float, hi: float, sample: np.ndarray, bins: int = DEFAULT_BINS) -> ScoreBinning:
         """asinh binning centred on the sample median, linear core 1% of the sample IQR wide."""
         sample = np.asarray(sample, dtype=np.float64).ravel()
         sample = sample[np.isfinite(sample)]
@@ -74,9 +75,14 @@ class ScoreBinning:
             return float(value)
         return float(np.arcsinh((value - self.center) / self.scale))
 
-    def same_as(self, other: "ScoreBinning") -> bool:
+    def same_as(self, other: ScoreBinning) -> bool:
         return (self.lo, self.hi, self.bins, self.center, self.scale) == (
-            other.lo, other.hi, other.bins, other.center, other.scale)
+            other.lo,
+            other.hi,
+            other.bins,
+            other.center,
+            other.scale,
+        )
 
     def index(self, scores: np.ndarray) -> np.ndarray:
         """Bin index (intp) of every score; NaN must be excluded by the caller."""
@@ -132,7 +138,7 @@ class ScoreRange:
         self.lo = min(self.lo, float(finite.min()))
         self.hi = max(self.hi, float(finite.max()))
         step = max(1, finite.size // self.per_update)
-        part = np.array(finite[step // 2::step], dtype=np.float64)
+        part = np.array(finite[step // 2 :: step], dtype=np.float64)
         self._parts.append(part)
         self._n_sample += part.size
         if self._n_sample > self.max_sample:

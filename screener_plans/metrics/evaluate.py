@@ -33,8 +33,7 @@ def _nifti_cases(folder: Path, what: str) -> dict[str, Path]:
             raise BadCaseError(path, "cannot be read (a broken link or not a regular file)")
         case = path.name[: -len(suffix)]
         if case in cases:
-            raise ScreenerError(f"{folder}: {what} for case '{case}' exists twice "
-                                f"({cases[case].name} and {path.name})")
+            raise ScreenerError(f"{folder}: {what} for case '{case}' exists twice ({cases[case].name} and {path.name})")
         cases[case] = path
     if not cases:
         raise ScreenerError(f"{folder}: no {what} files (*.nii.gz or *.nii)")
@@ -72,8 +71,11 @@ def _load_label(path: Path) -> np.ndarray:
     """A label map: non-negative integers (0 normal, > 0 lesion); anything else is refused."""
     data = _load(path)
     if data.size and (float(data.min()) < 0 or not np.array_equal(data, np.round(data))):
-        raise BadCaseError(path, f"not a label mask (values from {float(data.min()):g} to {float(data.max()):g}; "
-                                 "expected 0 for normal and positive integers for lesions)")
+        raise BadCaseError(
+            path,
+            f"not a label mask (values from {float(data.min()):g} to {float(data.max()):g}; "
+            "expected 0 for normal and positive integers for lesions)",
+        )
     return data
 
 
@@ -83,8 +85,9 @@ def _check_shapes(pred: Path, label: Path, mask: Path | None) -> None:
     pairs = [(pred, pred_img)] + ([(mask, _open(mask))] if mask is not None else [])
     for path, img in pairs:
         if _spatial_shape(img.shape) != _spatial_shape(label_img.shape):
-            raise ScreenerError(f"shape mismatch: {path} has shape {tuple(img.shape)} but "
-                                f"{label} has shape {tuple(label_img.shape)}")
+            raise ScreenerError(
+                f"shape mismatch: {path} has shape {tuple(img.shape)} but {label} has shape {tuple(label_img.shape)}"
+            )
     if not np.allclose(pred_img.affine, label_img.affine, atol=1e-3):
         logger.warning("%s and %s have different affines; comparing voxel by voxel", pred, label)
 
@@ -95,8 +98,10 @@ def _refuse_ct_volume(pred: Path, case: str, scores: np.ndarray) -> None:
         return  # written by `screener predict`
     low, high = float(scores.min()), float(scores.max())
     if low <= -900 and high >= 100:
-        raise ScreenerError(f"{pred}: looks like a CT scan, not an anomaly map (values from {low:g} to "
-                            f"{high:g}, like Hounsfield units); pass the folder `screener predict` wrote")
+        raise ScreenerError(
+            f"{pred}: looks like a CT scan, not an anomaly map (values from {low:g} to "
+            f"{high:g}, like Hounsfield units); pass the folder `screener predict` wrote"
+        )
 
 
 def _number(value: float) -> float | None:
@@ -107,8 +112,12 @@ def _summary(acc: VoxelMetricAccumulator) -> dict:
     result = {key: _number(value) for key, value in acc.compute().items()}
     # n_lesions: the labelled lesions (connected regions of the label masks); n_regions is the
     # same number under its first name, kept for scripts that read it
-    result.update(n_regions=acc.n_regions, n_lesions=acc.n_regions, n_voxels=acc.n_positive + acc.n_negative,
-                  n_positive=acc.n_positive)
+    result.update(
+        n_regions=acc.n_regions,
+        n_lesions=acc.n_regions,
+        n_voxels=acc.n_positive + acc.n_negative,
+        n_positive=acc.n_positive,
+    )
     reason = acc.undefined_reason()
     if reason is not None:
         result["note"] = reason
@@ -135,24 +144,38 @@ def evaluate(pred_dir, labels_dir, mask_dir=None, bins: int = DEFAULT_BINS, only
     cases = []
     unpredicted = sorted(set(labels) - set(preds)) if only_predicted else []
     if unpredicted:
-        logger.warning("%d of %d labelled cases have no map in %s and are not evaluated: %s%s", len(unpredicted),
-                       len(labels), pred_dir, ", ".join(unpredicted[:5]), ", ..." if len(unpredicted) > 5 else "")
+        logger.warning(
+            "%d of %d labelled cases have no map in %s and are not evaluated: %s%s",
+            len(unpredicted),
+            len(labels),
+            pred_dir,
+            ", ".join(unpredicted[:5]),
+            ", ..." if len(unpredicted) > 5 else "",
+        )
         if len(unpredicted) == len(labels):
             raise ScreenerError(f"{pred_dir}: no map for any labelled case of {labels_dir}")
     for case, label in labels.items():
         if case in unpredicted:
             continue
         if case not in preds:
-            raise ScreenerError(f"{label}: no prediction {pred_dir / (case + '.nii.gz')} (pass --only-predicted "
-                                "true to evaluate the cases that have one)")
+            raise ScreenerError(
+                f"{label}: no prediction {pred_dir / (case + '.nii.gz')} (pass --only-predicted "
+                "true to evaluate the cases that have one)"
+            )
         if masks is not None and case not in masks:
             raise ScreenerError(f"{label}: no evaluation mask {Path(mask_dir) / (case + '.nii.gz')}")
         cases.append((case, preds[case], label, None if masks is None else masks[case]))
     unlabelled = sorted(set(preds) - set(labels))
     if unlabelled:  # a label missing for a prediction is easy to miss in the pooled numbers
-        logger.warning("%d of %d predictions in %s have no label in %s and are not evaluated: %s%s", len(unlabelled),
-                       len(preds), pred_dir, labels_dir, ", ".join(unlabelled[:5]),
-                       ", ..." if len(unlabelled) > 5 else "")
+        logger.warning(
+            "%d of %d predictions in %s have no label in %s and are not evaluated: %s%s",
+            len(unlabelled),
+            len(preds),
+            pred_dir,
+            labels_dir,
+            ", ".join(unlabelled[:5]),
+            ", ..." if len(unlabelled) > 5 else "",
+        )
 
     score_range = ScoreRange()
     for case, pred, label, mask in cases:
@@ -195,6 +218,8 @@ def evaluate(pred_dir, labels_dir, mask_dir=None, bins: int = DEFAULT_BINS, only
         "n_positive": result["n_positive"],
         "n_regions": result["n_regions"],
         "n_lesions": result["n_lesions"],
-        "binning": {"bins": pooled.binning.bins,
-                    "error_bound": {k: _number(v) for k, v in pooled.error_bounds().items()}},
+        "binning": {
+            "bins": pooled.binning.bins,
+            "error_bound": {k: _number(v) for k, v in pooled.error_bounds().items()},
+        },
     }

@@ -5,7 +5,7 @@ Only used during self-supervised training; the descriptor is the backbone output
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 

@@ -19,7 +19,8 @@ import copy
 import functools
 import json
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,8 +82,9 @@ def resolve_preset(preset: str | Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_network(preset: str | Mapping[str, Any] = "tiny", in_channels: int = 1,
-                  out_channels: int | None = None) -> DenseUNet:
+def build_network(
+    preset: str | Mapping[str, Any] = "tiny", in_channels: int = 1, out_channels: int | None = None
+) -> DenseUNet:
     """Dense UNet for a preset; ``out_channels`` defaults to the preset's descriptor dimension."""
     p = resolve_preset(preset)
     return DenseUNet(

@@ -18,8 +18,28 @@ from torch.nn import functional as F
 from .structure import gaussian_derivative_kernels
 
 # bin centres in HU: coarse over lung and fat, 20 HU apart over soft tissue, coarse over bone
-HISTOGRAM_BINS_HU = (-1000.0, -850.0, -700.0, -550.0, -400.0, -250.0, -100.0, -40.0, 0.0, 20.0, 40.0, 60.0,
-                     80.0, 100.0, 120.0, 140.0, 170.0, 200.0, 300.0, 600.0)
+HISTOGRAM_BINS_HU = (
+    -1000.0,
+    -850.0,
+    -700.0,
+    -550.0,
+    -400.0,
+    -250.0,
+    -100.0,
+    -40.0,
+    0.0,
+    20.0,
+    40.0,
+    60.0,
+    80.0,
+    100.0,
+    120.0,
+    140.0,
+    170.0,
+    200.0,
+    300.0,
+    600.0,
+)
 
 
 def soft_bins(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -93,7 +113,7 @@ class ShellHistogram(nn.Module):
             count = self._box_sum(ones, self.outer) - self._box_sum(ones, self.inner)
             shell = (self._box_sum(bins, self.outer) - self._box_sum(bins, self.inner)) / count.clamp_min(1.0)
             shell = F.interpolate(shell, scale_factor=2.0, mode="trilinear", align_corners=False)
-            return shell[:, :, :size[0], :size[1], :size[2]]
+            return shell[:, :, : size[0], : size[1], : size[2]]
 
     def extra_repr(self) -> str:
         return f"bins={self.dim}, shell={self.inner_mm}-{self.outer_mm} mm, inner={self.inner}, outer={self.outer}"

@@ -10,7 +10,7 @@ crop and every sliding window. Channel layout for ``dim`` channels, n = dim / 6 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -19,8 +19,9 @@ DEFAULT_MIN_PERIOD_MM = 4.0
 DEFAULT_MAX_PERIOD_MM = 1000.0
 
 
-def sincos_periods_mm(dim: int, min_period_mm: float = DEFAULT_MIN_PERIOD_MM,
-                      max_period_mm: float = DEFAULT_MAX_PERIOD_MM) -> torch.Tensor:
+def sincos_periods_mm(
+    dim: int, min_period_mm: float = DEFAULT_MIN_PERIOD_MM, max_period_mm: float = DEFAULT_MAX_PERIOD_MM
+) -> torch.Tensor:
     """The dim / 6 periods (float64, mm), geometric from ``min_period_mm`` to ``max_period_mm``."""
     if dim < 6 or dim % 6:
         raise ValueError(f"sin-cos condition dim must be a positive multiple of 6, got {dim}")
@@ -48,13 +49,19 @@ def coordinate_grid_mm(origin_mm: torch.Tensor, spacing_mm: torch.Tensor, shape:
     return origin_mm[:, :, None, None, None] + spacing_mm[:, :, None, None, None] * idx
 
 
-def sincos_encoding(coords_mm: torch.Tensor, dim: int, min_period_mm: float = DEFAULT_MIN_PERIOD_MM,
-                    max_period_mm: float = DEFAULT_MAX_PERIOD_MM) -> torch.Tensor:
+def sincos_encoding(
+    coords_mm: torch.Tensor,
+    dim: int,
+    min_period_mm: float = DEFAULT_MIN_PERIOD_MM,
+    max_period_mm: float = DEFAULT_MAX_PERIOD_MM,
+) -> torch.Tensor:
     """Encode a (B, 3, X, Y, Z) grid of positions in mm as (B, dim, X, Y, Z); computed in ``coords_mm``'s dtype."""
     if coords_mm.ndim != 5 or coords_mm.shape[1] != 3:
         raise ValueError(f"sincos_encoding expects coordinates of shape (B, 3, X, Y, Z), got {tuple(coords_mm.shape)}")
     dtype = coords_mm.dtype if coords_mm.is_floating_point() else torch.float32
-    omega = (2 * math.pi / sincos_periods_mm(dim, min_period_mm, max_period_mm)).to(dtype=dtype, device=coords_mm.device)
+    omega = (2 * math.pi / sincos_periods_mm(dim, min_period_mm, max_period_mm)).to(
+        dtype=dtype, device=coords_mm.device
+    )
     phase = coords_mm.to(dtype).unsqueeze(2) * omega[None, None, :, None, None, None]  # (B, 3, n, X, Y, Z)
     enc = torch.cat([phase.sin(), phase.cos()], dim=2)  # (B, 3, 2n, X, Y, Z)
     return enc.flatten(1, 2)
@@ -67,8 +74,9 @@ class SinCosCondition(nn.Module):
     computed per axis in float64 (exact at large mm offsets) and broadcast, so it is cheap.
     """
 
-    def __init__(self, dim: int = 48, min_period_mm: float = DEFAULT_MIN_PERIOD_MM,
-                 max_period_mm: float = DEFAULT_MAX_PERIOD_MM):
+    def __init__(
+        self, dim: int = 48, min_period_mm: float = DEFAULT_MIN_PERIOD_MM, max_period_mm: float = DEFAULT_MAX_PERIOD_MM
+    ):
         super().__init__()
         periods = sincos_periods_mm(dim, min_period_mm, max_period_mm)
         self.dim = int(dim)
@@ -94,7 +102,9 @@ class SinCosCondition(nn.Module):
         full = (b, -1, *(int(n) for n in shape))
         parts = []
         for axis, n in enumerate(shape):
-            pos = origin[:, axis, None] + spacing[:, axis, None] * torch.arange(int(n), dtype=torch.float64, device=origin.device)
+            pos = origin[:, axis, None] + spacing[:, axis, None] * torch.arange(
+                int(n), dtype=torch.float64, device=origin.device
+            )
             phase = pos[:, None, :] * omega[None, :, None]  # (B, n_freq, n)
             enc = torch.cat([phase.sin(), phase.cos()], dim=1).float()  # (B, 2 n_freq, n)
             view = [b, enc.shape[1], 1, 1, 1]

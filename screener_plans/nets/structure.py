@@ -18,8 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 # (order along x, y, z) of each derivative channel: gradient, then the Hessian's upper triangle
-DERIVATIVE_ORDERS = ((1, 0, 0), (0, 1, 0), (0, 0, 1),
-                     (2, 0, 0), (0, 2, 0), (0, 0, 2), (1, 1, 0), (1, 0, 1), (0, 1, 1))
+DERIVATIVE_ORDERS = ((1, 0, 0), (0, 1, 0), (0, 0, 1), (2, 0, 0), (0, 2, 0), (0, 0, 2), (1, 1, 0), (1, 0, 1), (0, 1, 1))
 STRUCTURE_CHANNELS = len(DERIVATIVE_ORDERS)
 
 

@@ -57,8 +57,10 @@ class SurroundContext(nn.Module):
             rx, ry, rz = self.reach
             means = F.pad(means, (rz, rz, ry, ry, rx, rx), mode="replicate")
             X, Y, Z = image.shape[2:]
-            parts = [means[:, :, rx + ox:rx + ox + X, ry + oy:ry + oy + Y, rz + oz:rz + oz + Z]
-                     for ox, oy, oz in self.offsets]
+            parts = [
+                means[:, :, rx + ox : rx + ox + X, ry + oy : ry + oy + Y, rz + oz : rz + oz + Z]
+                for ox, oy, oz in self.offsets
+            ]
             return (torch.cat(parts, dim=1) - self.centre) * self.scale
 
     def extra_repr(self) -> str:

@@ -12,7 +12,7 @@ tracing, scripting or compiling), so the module can be scripted, traced and expo
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +39,7 @@ def norm_spec(norm: str, channels: int) -> tuple:
 
 
 def _res_block(cin: int, cout: int, stride: int, norm: str, act) -> ResidualUnit:
-    return ResidualUnit(3, cin, cout, strides=stride, kernel_size=3, subunits=2,
-                        act=act, norm=norm_spec(norm, cout))
+    return ResidualUnit(3, cin, cout, strides=stride, kernel_size=3, subunits=2, act=act, norm=norm_spec(norm, cout))
 
 
 class _DecoderLevel(nn.Module):
@@ -55,7 +54,7 @@ class _DecoderLevel(nn.Module):
         )
         self.head = nn.Conv3d(fine, out_channels, kernel_size=1)
 
-    def forward(self, h: torch.Tensor, skip: torch.Tensor, out: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, h: torch.Tensor, skip: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.fuse(torch.cat([self.up(h), skip], dim=1))
         out = F.interpolate(out, scale_factor=2.0, mode="trilinear", align_corners=False) + self.head(h)
         return h, out
@@ -125,9 +124,7 @@ class DenseUNet(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` unless ``x`` is (B, in_channels, X, Y, Z) with X, Y, Z multiples of total_stride."""
         if x.ndim != 5 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"DenseUNet expects input of shape (B, {self.in_channels}, X, Y, Z), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"DenseUNet expects input of shape (B, {self.in_channels}, X, Y, Z), got {tuple(x.shape)}")
         s = self.total_stride
         if any(int(n) % s for n in x.shape[2:]):
             raise ValueError(
@@ -139,7 +136,7 @@ class DenseUNet(nn.Module):
         if not torch.jit.is_scripting():
             if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
                 self.check_input(x)
-        skips: List[torch.Tensor] = []
+        skips: list[torch.Tensor] = []
         h = x
         for level in self.encoder:
             h = level(h)

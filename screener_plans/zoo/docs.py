@@ -17,33 +17,46 @@ def model_card(meta: dict, plans: dict, calibration: dict | None) -> str:
     if "descriptor" not in trained and cfg.get("features", "descriptor") in ("intensity", "structure"):
         steps += " (no descriptor stage: the scored features are the CT intensity)"
     changelog = "\n".join(f"- {v}: {text}" for v, text in meta.get("changelog", {}).items())
-    threshold = (f"{calibration['threshold']:.4g} (quantile {calibration.get('quantile')} of training body-voxel "
-                 "scores)" if calibration and "threshold" in calibration else
-                 "not calibrated: each scan's 99.9th body-voxel percentile is used")
-    coords_note = (" Channels 1-3: each voxel's x, y, z position in the preprocessed scan (mm), which the sin-cos "
-                   "condition encodes." if meta["screener"]["input_channels"] == 4 else "")
+    threshold = (
+        f"{calibration['threshold']:.4g} (quantile {calibration.get('quantile')} of training body-voxel scores)"
+        if calibration and "threshold" in calibration
+        else "not calibrated: each scan's 99.9th body-voxel percentile is used"
+    )
+    coords_note = (
+        " Channels 1-3: each voxel's x, y, z position in the preprocessed scan (mm), which the sin-cos "
+        "condition encodes."
+        if meta["screener"]["input_channels"] == 4
+        else ""
+    )
     stride = 2 ** (len(plans["network"]["channels"]) - 1)
-    condition = {"masked": f"masking-invariant dense UNet ({cfg['cond_dim']} channels)",
-                 "sincos": f"sin-cos encoding of each voxel's absolute position ({cfg['cond_dim']} channels)",
-                 "none": "none (marginal density)",
-                 "surround": "mean intensities of boxes 30 mm away in 14 directions (fixed filters)",
-                 "histogram": "soft histogram of the intensities 10-25 mm around each voxel (fixed filters)"}.get(
-        cfg["condition"], cfg["condition"])
+    condition = {
+        "masked": f"masking-invariant dense UNet ({cfg['cond_dim']} channels)",
+        "sincos": f"sin-cos encoding of each voxel's absolute position ({cfg['cond_dim']} channels)",
+        "none": "none (marginal density)",
+        "surround": "mean intensities of boxes 30 mm away in 14 directions (fixed filters)",
+        "histogram": "soft histogram of the intensities 10-25 mm around each voxel (fixed filters)",
+    }.get(cfg["condition"], cfg["condition"])
     features = cfg.get("features", "descriptor")
-    descriptor = (f"dense 3D UNet ({plans['preset']} preset, {plans['network']['d_desc']} channels), trained with "
-                  f"{plans['loss']['kind']} on positive voxel pairs from overlapping crops")
-    scored = {"descriptor": f"- descriptor: {descriptor}",
-              "intensity": "- scored features: each voxel's CT intensity (window-scaled); no descriptor network",
-              "descriptor+intensity": f"- scored features: descriptor ({descriptor}) and each voxel's CT intensity "
-                                      "(window-scaled)",
-              "structure": "- scored features: each voxel's CT intensity smoothed at one voxel, given its local "
-                           "Gaussian derivatives (gradient, Hessian; appended to the condition); no descriptor "
-                           "network",
-              "descriptor+structure": f"- scored features: descriptor ({descriptor}) and each voxel's CT intensity "
-                                      "smoothed at one voxel, given the condition and the local Gaussian derivatives"}[features]
+    descriptor = (
+        f"dense 3D UNet ({plans['preset']} preset, {plans['network']['d_desc']} channels), trained with "
+        f"{plans['loss']['kind']} on positive voxel pairs from overlapping crops"
+    )
+    scored = {
+        "descriptor": f"- descriptor: {descriptor}",
+        "intensity": "- scored features: each voxel's CT intensity (window-scaled); no descriptor network",
+        "descriptor+intensity": f"- scored features: descriptor ({descriptor}) and each voxel's CT intensity "
+        "(window-scaled)",
+        "structure": "- scored features: each voxel's CT intensity smoothed at one voxel, given its local "
+        "Gaussian derivatives (gradient, Hessian; appended to the condition); no descriptor "
+        "network",
+        "descriptor+structure": f"- scored features: descriptor ({descriptor}) and each voxel's CT intensity "
+        "smoothed at one voxel, given the condition and the local Gaussian derivatives",
+    }[features]
     if cfg.get("intensity_prior"):
-        scored += ("\n- intensity prior: -log p(HU) of each voxel under the training scans' body-voxel intensity "
-                   "histogram is added to the density's NLL")
+        scored += (
+            "\n- intensity prior: -log p(HU) of each voxel under the training scans' body-voxel intensity "
+            "histogram is added to the density's NLL"
+        )
     return f"""# {name} v{version}
 
 A trained Screener model for unsupervised pathology screening in 3D CT,
@@ -54,7 +67,7 @@ its context; no labels were used in training. **Research use only; not for clini
 
 {scored}
 - condition: {condition}
-- density: {cfg['density']}; its per-voxel negative log-likelihood (NLL) is the anomaly score
+- density: {cfg["density"]}; its per-voxel negative log-likelihood (NLL) is the anomaly score
 - weights: `models/model.pt` (the three stages as one state dict), configuration in
   `models/density_config.json` and `plans.json`
 
@@ -65,9 +78,9 @@ its context; no labels were used in training. **Research use only; not for clini
   `<case>.nii.gz` (anomaly map on the input grid), `<case>_regions.json` (suspicious regions above
   the threshold) and `<case>.png` (overlay).
 - the network (`models/model.pt`, exports `models/model.ts` / `model.onnx`): a preprocessed patch
-  (B, {meta['screener']['input_channels']}, X, Y, Z) -> its NLL map (B, 1, X, Y, Z); X, Y, Z multiples of {stride}.
-  Channel 0: CT clipped to [{_fmt(plans['intensity']['window'])}] HU and scaled to [0, 1], at spacing
-  {_fmt(plans['spacing'])} mm.{coords_note}
+  (B, {meta["screener"]["input_channels"]}, X, Y, Z) -> its NLL map (B, 1, X, Y, Z); X, Y, Z multiples of {stride}.
+  Channel 0: CT clipped to [{_fmt(plans["intensity"]["window"])}] HU and scaled to [0, 1], at spacing
+  {_fmt(plans["spacing"])} mm.{coords_note}
 - region threshold: {threshold}
 
 ## Run
@@ -90,14 +103,14 @@ python -m monai.bundle verify_net_in_out network_def --meta_file {name}/configs/
 
 ## Training
 
-Crop {_fmt(plans['crop_size'])} voxels, batch {plans['batch_size']}, {plans['pairs_per_crop']} pairs per crop,
+Crop {_fmt(plans["crop_size"])} voxels, batch {plans["batch_size"]}, {plans["pairs_per_crop"]} pairs per crop,
 steps trained: {steps};
-AdamW lr {plans['optim']['lr']}, one-cycle schedule. Everything is in `plans.json`.
+AdamW lr {plans["optim"]["lr"]}, one-cycle schedule. Everything is in `plans.json`.
 
 ## Data
 
-{ds.get('n_cases', 'unknown')} unlabeled CT scans (median shape {_fmt(ds.get('median_shape', '?'))}, median spacing
-{_fmt(ds.get('median_spacing', '?'))} mm). Case names and folders were removed from the published plans.
+{ds.get("n_cases", "unknown")} unlabeled CT scans (median shape {_fmt(ds.get("median_shape", "?"))}, median spacing
+{_fmt(ds.get("median_spacing", "?"))} mm). Case names and folders were removed from the published plans.
 
 ## Limitations
 

@@ -52,7 +52,7 @@ class PatchScorer(nn.Module):
         self.features, self.density = features, density
 
     @classmethod
-    def from_scorer(cls, scorer) -> "PatchScorer":
+    def from_scorer(cls, scorer) -> PatchScorer:
         return cls(scorer.features, scorer.density)
 
     def sincos_from_coords(self, coords_mm: torch.Tensor) -> torch.Tensor:
@@ -61,7 +61,7 @@ class PatchScorer(nn.Module):
         omega = self.features.sincos.omega.to(torch.float64)[None, :, None, None, None]
         parts = []
         for axis in range(3):
-            phase = coords_mm[:, axis:axis + 1].to(torch.float64) * omega
+            phase = coords_mm[:, axis : axis + 1].to(torch.float64) * omega
             parts += [phase.sin(), phase.cos()]
         return torch.cat(parts, dim=1).float()
 
@@ -107,8 +107,9 @@ class TorchScriptScorer(nn.Module):
             return self.module(x).float()
 
 
-def load_torchscript_scorer(path, plans: dict | None = None, expected_weights_id: str | None = None,
-                            source=None) -> TorchScriptScorer:
+def load_torchscript_scorer(
+    path, plans: dict | None = None, expected_weights_id: str | None = None, source=None
+) -> TorchScriptScorer:
     """Load ``models/model.ts`` (from ``export_torchscript``) as a scorer for ``Predictor``.
 
     With ``plans``, refuse an export made for other preprocessing (spacing or HU window); with
@@ -124,8 +125,10 @@ def load_torchscript_scorer(path, plans: dict | None = None, expected_weights_id
     try:
         module, meta, _ = load_net_with_metadata(str(path), map_location="cpu")
     except Exception as e:
-        raise ScreenerError(f"{path}: cannot load TorchScript model ({type(e).__name__}); the file is corrupt "
-                            "or not a TorchScript export") from None
+        raise ScreenerError(
+            f"{path}: cannot load TorchScript model ({type(e).__name__}); the file is corrupt "
+            "or not a TorchScript export"
+        ) from None
     info = meta.get("screener", {}) if isinstance(meta, dict) else {}
     if "input_channels" in info:
         channels = int(info["input_channels"])
@@ -133,21 +136,26 @@ def load_torchscript_scorer(path, plans: dict | None = None, expected_weights_id
         try:
             channels = int(meta["network_data_format"]["inputs"]["image"]["num_channels"])
         except (KeyError, TypeError, ValueError):
-            raise ScreenerError(f"{path}: TorchScript model has no Screener metadata; export it with "
-                                "`screener zoo export`") from None
+            raise ScreenerError(
+                f"{path}: TorchScript model has no Screener metadata; export it with `screener zoo export`"
+            ) from None
     if plans is not None and info:
         from screener_plans.data.preprocess import preprocessing_of
 
         exported = {"spacing": info.get("spacing"), "window": info.get("intensity_window")}
         for key, want in preprocessing_of(plans).items():
             if exported[key] is not None and [float(v) for v in exported[key]] != want:
-                raise ScreenerError(f"{path}: TorchScript model was exported for {key} {exported[key]}, but "
-                                    f"plans.json has {want}; export it from this run (`screener zoo export`)")
+                raise ScreenerError(
+                    f"{path}: TorchScript model was exported for {key} {exported[key]}, but "
+                    f"plans.json has {want}; export it from this run (`screener zoo export`)"
+                )
     exported_id = info.get("weights_id")
     if expected_weights_id and exported_id and exported_id != expected_weights_id:
-        raise ScreenerError(f"{path}: TorchScript model was exported from other weights than {source or 'the run'} "
-                            f"holds now (a stage was retrained since); export it again (`screener zoo export "
-                            f"{source or 'RUN'}`)")
+        raise ScreenerError(
+            f"{path}: TorchScript model was exported from other weights than {source or 'the run'} "
+            f"holds now (a stage was retrained since); export it again (`screener zoo export "
+            f"{source or 'RUN'}`)"
+        )
     module.eval()
     scorer = TorchScriptScorer(module, coordinates=channels == 4)
     scorer.weights_id = exported_id
@@ -179,9 +187,13 @@ def example_input_shape(bundle_dir) -> list[int]:
 
 
 def _monai_args(bundle: Path) -> dict:
-    return {"net_id": "network_def", "ckpt_file": str(bundle / BUNDLE_WEIGHTS),
-            "meta_file": str(bundle / BUNDLE_METADATA), "config_file": str(bundle / EXPORT_CONFIG),
-            "bundle_root": str(bundle)}
+    return {
+        "net_id": "network_def",
+        "ckpt_file": str(bundle / BUNDLE_WEIGHTS),
+        "meta_file": str(bundle / BUNDLE_METADATA),
+        "config_file": str(bundle / EXPORT_CONFIG),
+        "bundle_root": str(bundle),
+    }
 
 
 def _run_monai(fn, what: str, path, **kwargs) -> None:
@@ -230,8 +242,13 @@ def export_onnx(path, out=None, opset: int = 18) -> Path:
         raise ScreenerError("ONNX export needs the onnx package (pip install onnx onnxruntime)") from None
     out = Path(out) if out else Path(path) / BUNDLE_ONNX
     axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
-    converter = {"input_names": ["patch"], "output_names": ["nll"], "opset_version": int(opset),
-                 "dynamic_axes": {"patch": axes, "nll": axes}, "dynamo": False}
+    converter = {
+        "input_names": ["patch"],
+        "output_names": ["nll"],
+        "opset_version": int(opset),
+        "dynamic_axes": {"patch": axes, "nll": axes},
+        "dynamo": False,
+    }
     return _export_with(onnx_export, "ONNX", path, out, ".onnx", converter_kwargs=converter)
 
 
@@ -242,8 +259,16 @@ def _export_with(monai_export, label: str, path, out: Path, suffix: str, **kwarg
     bundle, tmp = _export_source(path)
     try:
         with atomic_path(out, suffix=suffix) as tmp_out:
-            _run_monai(monai_export, label, path, filepath=tmp_out, use_trace=True,
-                       input_shape=example_input_shape(bundle), **kwargs, **_monai_args(bundle))
+            _run_monai(
+                monai_export,
+                label,
+                path,
+                filepath=tmp_out,
+                use_trace=True,
+                input_shape=example_input_shape(bundle),
+                **kwargs,
+                **_monai_args(bundle),
+            )
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

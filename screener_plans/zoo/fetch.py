@@ -45,11 +45,14 @@ def download(location: str, target: Path, checksum: str, size: int | None = None
     except OSError as e:
         raise ScreenerError(f"{location}: download interrupted ({e})") from None
     if isinstance(size, int) and n != size:
-        raise ScreenerError(f"{location}: truncated or altered download ({n} bytes, the index says {size}); "
-                            "nothing was installed")
+        raise ScreenerError(
+            f"{location}: truncated or altered download ({n} bytes, the index says {size}); nothing was installed"
+        )
     if h.hexdigest() != checksum.lower():
-        raise ScreenerError(f"{location}: checksum mismatch (sha256 {h.hexdigest()[:16]}..., the index says "
-                            f"{checksum[:16]}...): the file is corrupt or was tampered with; nothing was installed")
+        raise ScreenerError(
+            f"{location}: checksum mismatch (sha256 {h.hexdigest()[:16]}..., the index says "
+            f"{checksum[:16]}...): the file is corrupt or was tampered with; nothing was installed"
+        )
 
 
 def check_members(zf: zipfile.ZipFile, top: str, where: str) -> None:
@@ -98,8 +101,9 @@ def fetch(model, dest, zoo, force: bool = False) -> Path:
     target = dest / name
     if target.exists() and not force:
         have = installed_version(target)
-        raise ScreenerError(f"{target}: already exists{f' (version {have})' if have else ''}; "
-                            "use --force to replace it")
+        raise ScreenerError(
+            f"{target}: already exists{f' (version {have})' if have else ''}; use --force to replace it"
+        )
     created = not dest.exists()
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -116,8 +120,9 @@ def fetch(model, dest, zoo, force: bool = False) -> Path:
         bundle = extract_bundle(zip_path, tmp / "x", name, source)
         got = installed_version(bundle)
         if got != entry["version"]:
-            raise ScreenerError(f"{source}: bundle says version {got!r}, the index says {entry['version']}; "
-                                "nothing was installed")
+            raise ScreenerError(
+                f"{source}: bundle says version {got!r}, the index says {entry['version']}; nothing was installed"
+            )
         if target.exists():
             os.replace(target, tmp / "old")
         os.replace(bundle, target)

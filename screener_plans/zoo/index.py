@@ -38,8 +38,9 @@ class ZooLocation:
         elif parsed.scheme in ("http", "https"):
             self.url = self.spec.rstrip("/") + "/"
         elif "://" in self.spec:
-            raise ScreenerError(f"--zoo {self.spec}: unsupported URL scheme {parsed.scheme!r} "
-                                "(use a folder, file:// or http(s)://)")
+            raise ScreenerError(
+                f"--zoo {self.spec}: unsupported URL scheme {parsed.scheme!r} (use a folder, file:// or http(s)://)"
+            )
         else:
             self.local = Path(self.spec)
 
@@ -83,10 +84,15 @@ def validate_index(index, where: str) -> dict:
         raise ScreenerError(f"{where}: expected a JSON object of <name>_v<version> entries")
     for key, entry in index.items():
         m = KEY_RE.match(key)
-        if not m or not isinstance(entry, dict) or not isinstance(entry.get("source"), str) \
-                or not isinstance(entry.get("checksum"), str):
-            raise ScreenerError(f"{where}: entry {key!r} must be keyed <name>_v<X.Y.Z> and have 'source' and "
-                                "'checksum' strings")
+        if (
+            not m
+            or not isinstance(entry, dict)
+            or not isinstance(entry.get("source"), str)
+            or not isinstance(entry.get("checksum"), str)
+        ):
+            raise ScreenerError(
+                f"{where}: entry {key!r} must be keyed <name>_v<X.Y.Z> and have 'source' and 'checksum' strings"
+            )
         entry.setdefault("name", m["name"])
         entry.setdefault("version", m["version"])
     return index

@@ -42,8 +42,9 @@ def scorer_config_path(root) -> Path:
 def read_scorer_config(root) -> dict:
     path = scorer_config_path(root)
     if not path.exists():
-        raise ScreenerError(f"{path}: density model not found; train it first "
-                            f"(`screener train {root} --stage density`)")
+        raise ScreenerError(
+            f"{path}: density model not found; train it first (`screener train {root} --stage density`)"
+        )
     try:
         cfg = json.loads(path.read_text())
         for key in ("condition", "density", "dim", "cond_dim", "preset"):

@@ -41,8 +41,10 @@ def check_name(name) -> str:
     """A model name usable as a folder and a MONAI bundle name (no ``_v<digit>``, which MONAI splits on)."""
     name = str(name)
     if not NAME_RE.match(name) or re.search(r"_v\d", name):
-        raise ScreenerError(f"--name {name!r}: use letters, digits, '_' and '-' (at most 100, not starting "
-                            "with '_' or '-', no '_v' followed by a digit)")
+        raise ScreenerError(
+            f"--name {name!r}: use letters, digits, '_' and '-' (at most 100, not starting "
+            "with '_' or '-', no '_v' followed by a digit)"
+        )
     return name
 
 
@@ -103,18 +105,43 @@ def scorer_data_format(plans: dict, cfg: dict) -> dict:
     if coords:
         channel_def.update({"1": "x position in the scan (mm)", "2": "y position (mm)", "3": "z position (mm)"})
     return {
-        "inputs": {"image": {
-            "type": "image", "format": "magnitude", "modality": "CT", "num_channels": patch_channels(cfg),
-            "spatial_shape": shape, "dtype": "float32", "value_range": [] if coords else [0, 1],
-            "is_patch_data": True, "channel_def": channel_def}},
-        "outputs": {"pred": {
-            "type": "image", "format": "magnitude", "num_channels": 1, "spatial_shape": shape, "dtype": "float32",
-            "value_range": [], "is_patch_data": True, "channel_def": {"0": "anomaly score (NLL, nats)"}}},
+        "inputs": {
+            "image": {
+                "type": "image",
+                "format": "magnitude",
+                "modality": "CT",
+                "num_channels": patch_channels(cfg),
+                "spatial_shape": shape,
+                "dtype": "float32",
+                "value_range": [] if coords else [0, 1],
+                "is_patch_data": True,
+                "channel_def": channel_def,
+            }
+        },
+        "outputs": {
+            "pred": {
+                "type": "image",
+                "format": "magnitude",
+                "num_channels": 1,
+                "spatial_shape": shape,
+                "dtype": "float32",
+                "value_range": [],
+                "is_patch_data": True,
+                "channel_def": {"0": "anomaly score (NLL, nats)"},
+            }
+        },
     }
 
 
-def bundle_metadata(plans: dict, cfg: dict, name: str, version: str, changelog: dict,
-                    weights_id: str | None = None, steps: dict | None = None) -> dict:
+def bundle_metadata(
+    plans: dict,
+    cfg: dict,
+    name: str,
+    version: str,
+    changelog: dict,
+    weights_id: str | None = None,
+    steps: dict | None = None,
+) -> dict:
     """metadata.json of a published model: the inference bundle's, specialised to this scorer."""
     import monai
     import numpy
@@ -125,40 +152,46 @@ def bundle_metadata(plans: dict, cfg: dict, name: str, version: str, changelog: 
 
     meta = json.loads((bundle_dir("screener_inference") / BUNDLE_METADATA).read_text())
     ordered = dict(sorted(changelog.items(), key=lambda kv: version_key(kv[0]), reverse=True))
-    meta.update({
-        "version": version,
-        "changelog": ordered,
-        "monai_version": monai.__version__,
-        "pytorch_version": torch.__version__.split("+")[0],
-        "numpy_version": numpy.__version__,
-        "name": name,
-        "task": "Unsupervised pathology screening in CT: per-voxel anomaly scores (trained Screener model)",
-        "description": (f"Trained Screener scorer ({cfg['condition']} condition, {cfg['density']} density, "
-                        f"{plans['preset']} networks): maps a preprocessed CT patch to its per-voxel negative "
-                        "log-likelihood. configs/inference.yaml scores whole scans (any grid) and writes anomaly "
-                        "maps on the input grid, suspicious regions and overlay pictures."),
-        "image_classes": "one channel: CT clipped to the plans' HU window and scaled to [0, 1], at the plans' "
-                         "spacing" + ("; three more channels: each voxel's x, y, z position in mm" if
-                                      patch_channels(cfg) == 4 else ""),
-        "pred_classes": "one channel: per-voxel negative log-likelihood (nats); higher = more anomalous",
-        "network_data_format": scorer_data_format(plans, cfg),
-        "screener": {
-            "scorer": cfg,
-            "input_channels": patch_channels(cfg),
-            "spacing": plans["spacing"],
-            "crop_size": plans["crop_size"],
-            "intensity_window": plans["intensity"]["window"],
-            "plans_schema_version": plans["schema_version"],
-            "stage_bundles": stage_versions(),
-            # the run's weights files this scorer was packaged from: exports carry it, so a
-            # TorchScript file made before a stage was retrained is refused, and maps of the same
-            # weights (eager, bundle or TorchScript) count as one model's
-            **({"weights_id": weights_id} if weights_id else {}),
-            **({"trained_steps": steps} if steps else {}),
-        },
-    })
-    meta["required_packages_version"] = {**meta.get("required_packages_version", {}),
-                                         "screener": screener_plans.__version__}
+    meta.update(
+        {
+            "version": version,
+            "changelog": ordered,
+            "monai_version": monai.__version__,
+            "pytorch_version": torch.__version__.split("+")[0],
+            "numpy_version": numpy.__version__,
+            "name": name,
+            "task": "Unsupervised pathology screening in CT: per-voxel anomaly scores (trained Screener model)",
+            "description": (
+                f"Trained Screener scorer ({cfg['condition']} condition, {cfg['density']} density, "
+                f"{plans['preset']} networks): maps a preprocessed CT patch to its per-voxel negative "
+                "log-likelihood. configs/inference.yaml scores whole scans (any grid) and writes anomaly "
+                "maps on the input grid, suspicious regions and overlay pictures."
+            ),
+            "image_classes": "one channel: CT clipped to the plans' HU window and scaled to [0, 1], at the plans' "
+            "spacing"
+            + ("; three more channels: each voxel's x, y, z position in mm" if patch_channels(cfg) == 4 else ""),
+            "pred_classes": "one channel: per-voxel negative log-likelihood (nats); higher = more anomalous",
+            "network_data_format": scorer_data_format(plans, cfg),
+            "screener": {
+                "scorer": cfg,
+                "input_channels": patch_channels(cfg),
+                "spacing": plans["spacing"],
+                "crop_size": plans["crop_size"],
+                "intensity_window": plans["intensity"]["window"],
+                "plans_schema_version": plans["schema_version"],
+                "stage_bundles": stage_versions(),
+                # the run's weights files this scorer was packaged from: exports carry it, so a
+                # TorchScript file made before a stage was retrained is refused, and maps of the same
+                # weights (eager, bundle or TorchScript) count as one model's
+                **({"weights_id": weights_id} if weights_id else {}),
+                **({"trained_steps": steps} if steps else {}),
+            },
+        }
+    )
+    meta["required_packages_version"] = {
+        **meta.get("required_packages_version", {}),
+        "screener": screener_plans.__version__,
+    }
     meta.pop("optional_packages_version", None)  # MONAI 1.6 would overwrite required_packages_version with it
     return meta
 
@@ -222,11 +255,14 @@ def build_bundle(run_dir, bundle_dir, name: str, version: str, changelog: dict, 
         except ValueError:
             raise ScreenerError(f"{calibration_path(run_dir)}: not valid JSON; re-run `screener calibrate`") from None
         write_json(out / "calibration.json", public_calibration(calibration))
-    meta = bundle_metadata(plans, cfg, name, version, changelog, getattr(scorer, "weights_id", None),
-                           trained_steps(run_dir, cfg))
+    meta = bundle_metadata(
+        plans, cfg, name, version, changelog, getattr(scorer, "weights_id", None), trained_steps(run_dir, cfg)
+    )
     write_json(out / BUNDLE_METADATA, meta)
-    write_text(out / "configs" / "inference.yaml",
-               INFERENCE_HEADER + yaml.safe_dump(inference_config(), sort_keys=False, width=200))
+    write_text(
+        out / "configs" / "inference.yaml",
+        INFERENCE_HEADER + yaml.safe_dump(inference_config(), sort_keys=False, width=200),
+    )
     inference_src = shipped("screener_inference")
     _copy_file(inference_src / "configs" / "export.yaml", out / "configs" / "export.yaml")
     _copy_file(inference_src / "configs" / "logging.conf", out / "configs" / "logging.conf")

@@ -15,16 +15,16 @@ from screener_plans.zoo.package import build_bundle, check_name, check_version, 
 logger = logging.getLogger(__name__)
 
 
-def publish(run_dir, zoo, name, version, force: bool = False, changelog: str | None = None,
-            torchscript: bool = False) -> dict:
+def publish(
+    run_dir, zoo, name, version, force: bool = False, changelog: str | None = None, torchscript: bool = False
+) -> dict:
     """Package ``run_dir`` as ``ZOO/NAME_vVERSION.zip`` and add it to ``ZOO/model_info.json``; returns the entry.
 
     An existing version is refused unless ``force``. The bundle's changelog carries the notes
     of the earlier versions of ``name`` in this zoo.
     """
-    from screener_plans.io_utils import ensure_writable_dir
-
     from screener_plans.inference.predict import calibration_path
+    from screener_plans.io_utils import ensure_writable_dir
 
     name, version = check_name(name), check_version(version)
     location = ZooLocation(zoo)
@@ -35,11 +35,15 @@ def publish(run_dir, zoo, name, version, force: bool = False, changelog: str | N
     zip_path = zoo_dir / f"{key}.zip"
     index = location.read_index(missing_ok=True)
     if (key in index or zip_path.exists()) and not force:
-        raise ScreenerError(f"{zoo_dir}: {name} {version} is already published; publish a new version or use "
-                            "--force to replace it")
+        raise ScreenerError(
+            f"{zoo_dir}: {name} {version} is already published; publish a new version or use --force to replace it"
+        )
     note = str(changelog) if changelog else f"{name} {version}"
-    history = {e["version"]: e.get("changelog", "") for e in index.values()
-               if e["name"] == name and version_key(e["version"]) < version_key(version)}
+    history = {
+        e["version"]: e.get("changelog", "")
+        for e in index.values()
+        if e["name"] == name and version_key(e["version"]) < version_key(version)
+    }
     history[version] = note
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.publish-", dir=zoo_dir))
     try:
@@ -48,15 +52,23 @@ def publish(run_dir, zoo, name, version, force: bool = False, changelog: str | N
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if not calibration_path(run_dir).exists():
-        logger.warning("%s has no calibration.json: the published model's region threshold falls back to each "
-                       "scan's 99.9th percentile; run `screener calibrate %s` and publish again to ship one",
-                       run_dir, run_dir)
+        logger.warning(
+            "%s has no calibration.json: the published model's region threshold falls back to each "
+            "scan's 99.9th percentile; run `screener calibrate %s` and publish again to ship one",
+            run_dir,
+            run_dir,
+        )
     meta = _bundle_meta(zip_path, name)
     entry = {
-        "name": name, "version": version, "source": zip_path.name, "checksum": checksum,
-        "checksum_type": "sha256", "size": size,
+        "name": name,
+        "version": version,
+        "source": zip_path.name,
+        "checksum": checksum,
+        "checksum_type": "sha256",
+        "size": size,
         "published": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "changelog": note, "monai_version": meta.get("monai_version"),
+        "changelog": note,
+        "monai_version": meta.get("monai_version"),
         "screener_version": meta.get("required_packages_version", {}).get("screener"),
         "scorer": meta.get("screener", {}).get("scorer"),
     }
