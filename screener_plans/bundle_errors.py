@@ -1,4 +1,5 @@
-"""Importing this module (bundle configs do) makes a Screener error end the process with one line.
+"""``install()`` (bundle configs call it through ``bundle_checks.start``) makes a Screener error end
+the process with one line.
 
 ``python -m monai.bundle run`` wraps an error raised while evaluating a config expression in
 MONAI's "Failed to evaluate ConfigExpression" and prints both tracebacks, 60 lines in which the
@@ -14,16 +15,18 @@ import sys
 
 from screener_plans.bundle_runner import find_screener_error
 
-_previous_hook = sys.excepthook
-
 
 def _one_line_for_screener_errors(kind, value, tb):
     found = find_screener_error(value) if not os.environ.get("SCREENER_TRACEBACK") else None
     if found is None:
-        _previous_hook(kind, value, tb)
+        _one_line_for_screener_errors.previous(kind, value, tb)
         return
     sys.stderr.write(f"screener: error: {found}\n")
     sys.stderr.flush()
 
 
-sys.excepthook = _one_line_for_screener_errors
+def install() -> None:
+    """Report a Screener error that ends the process in one line (once; other errors unchanged)."""
+    if sys.excepthook is not _one_line_for_screener_errors:
+        _one_line_for_screener_errors.previous = sys.excepthook
+        sys.excepthook = _one_line_for_screener_errors

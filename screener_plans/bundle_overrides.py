@@ -3,8 +3,9 @@ export a bundle's network) before anything runs.
 
 MONAI turns every ``--key value`` that ``run`` does not know into a config entry, so
 ``--max_step 10`` (for ``--max_steps``) adds an unused id and trains the default schedule,
-hours on a CPU, without a word. Bundle configs import this module, which checks the command
-line of that one command against the ids of the config files it names.
+hours on a CPU, without a word. Bundle configs call ``refuse_unknown_overrides`` (through
+``bundle_checks.start``) before anything else, which checks the command line of that one command
+against the ids of the config files it names.
 """
 
 from __future__ import annotations
@@ -100,6 +101,3 @@ def refuse_unknown_overrides(argv: list[str] | None = None) -> None:
     )
     sys.stderr.flush()
     raise SystemExit(2)
-
-
-refuse_unknown_overrides()

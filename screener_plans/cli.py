@@ -179,7 +179,7 @@ class Screener:
             device: auto|cpu|cuda.
             max_cases: training scans to score (plan-and-train scores 4: the same default gives its threshold).
         """
-        from screener_plans.inference.predict import calibrate
+        from screener_plans.inference.calibration import calibrate
 
         result = calibrate(
             run_dir, device=check_device(device), max_cases=as_number(max_cases, "max-cases", int, minimum=1)

@@ -127,7 +127,7 @@ def plan_and_train(
     from screener_plans.bundle_runner import train_stage
     from screener_plans.data.preprocess import preprocess
     from screener_plans.engines.models import density_config, with_density_choices
-    from screener_plans.inference.predict import calibrate, calibration_is_current
+    from screener_plans.inference.calibration import calibrate, calibration_is_current
     from screener_plans.planning.planner import plan
     from screener_plans.planning.plans import load_plans, save_plans
 

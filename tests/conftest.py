@@ -15,6 +15,17 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+# `screener plan-and-train` options for a run that trains in seconds: CT intensity + prior given the
+# masked condition (no descriptor), a Gaussian density, 40 steps per stage on 16^3 crops
+QUICK_PLAN_AND_TRAIN = [
+    *("--device", "cpu", "--workers", "1"),
+    *("--set", "crop_size=[16,16,16]", "--set", "spacing=[3.0,3.0,3.0]"),
+    *("--set", "steps.condition=40", "--set", "steps.density=40"),
+    *("--set", "checkpoint_every=20", "--set", "pairs_per_crop=32"),
+    *("--intensity-prior", "true", "--features", "intensity", "--condition", "masked", "--density", "gaussian"),
+]
+
+
 def simple_ct(shape=(48, 40, 24), seed=0, noise=10.0):
     """A cheap chest-like HU volume in RAS order: air, body, fat rim, two lungs, a spine."""
     rng = np.random.default_rng(seed)

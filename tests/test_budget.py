@@ -8,7 +8,7 @@ import logging
 import pytest
 
 import screener_plans.bundle_runner as bundle_runner
-import screener_plans.inference.predict as predict_module
+import screener_plans.inference.calibration as calibration_module
 import screener_plans.pipeline as pipeline
 
 
@@ -38,7 +38,7 @@ def fake_training(monkeypatch):
 
     monkeypatch.setattr(pipeline, "budget_steps", budget_steps)
     monkeypatch.setattr(bundle_runner, "train_stage", train_stage)
-    monkeypatch.setattr(predict_module, "calibrate", calibrate)
+    monkeypatch.setattr(calibration_module, "calibrate", calibrate)
     return measured, trained, state
 
 

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import QUICK_PLAN_AND_TRAIN
 
 from screener_plans.cli import main
 
@@ -134,30 +135,7 @@ def test_plan_and_train_trains_what_the_density_needs_and_resumes(ct_folder, tmp
         "plan-and-train",
         str(ct_folder),
         str(run),
-        "--device",
-        "cpu",
-        "--workers",
-        "1",
-        "--set",
-        "crop_size=[16,16,16]",
-        "--set",
-        "spacing=[3.0,3.0,3.0]",
-        "--set",
-        "steps.condition=40",
-        "--set",
-        "steps.density=40",
-        "--set",
-        "checkpoint_every=20",
-        "--set",
-        "pairs_per_crop=32",
-        "--intensity-prior",
-        "true",
-        "--condition",
-        "masked",
-        "--features",
-        "intensity",
-        "--density",
-        "gaussian",
+        *QUICK_PLAN_AND_TRAIN,
     ]
     p = subprocess.run(cmd, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]

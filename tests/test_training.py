@@ -176,6 +176,13 @@ def _liver_ball(radius_mm: float = 12.0):
     return ph, clean, dist, (dist < radius_mm) & (ph.tissue == 6)
 
 
+def _set_smoothing(run, sigma_mm: float) -> None:
+    from screener_plans.planning.plans import load_plans, save_plans
+
+    plans = load_plans(run / "plans.json")
+    save_plans({**plans, "inference": {**plans["inference"], "smooth_mm": sigma_mm}}, run / "plans.json")
+
+
 @pytest.mark.parametrize(
     "features,density",
     [("intensity", "gaussian"), ("descriptor", "flow"), ("descriptor+structure", "flow")],
@@ -184,11 +191,16 @@ def _liver_ball(radius_mm: float = 12.0):
 def test_density_scores_planted_anomaly_above_normal_tissue(tiny_run, tmp_path, features, density):
     """CT intensity given the masked condition with the intensity prior (no descriptor in the run
     at all), the paper's descriptor + flow and the tiny default (descriptor + smoothed intensity
-    given its derivatives, flow) all learn."""
+    given its derivatives, flow) all learn. The model's own map is checked unsmoothed (smoothing
+    spreads a 12 mm ball's score into its rim, lowering its mean by design); the default smoothed
+    map must still rank the ball above the body's normal tissue."""
     from screener_plans.inference.predict import calibrate, predict
 
     with_descriptor = features != "intensity"
     run = _density_run(tiny_run, tmp_path / "run", ["condition"] + (["descriptor"] if with_descriptor else []))
+    default_smoothing = json.loads((run / "plans.json").read_text())["inference"]["smooth_mm"]
+    assert default_smoothing > 0
+    _set_smoothing(run, 0.0)
     train_stage(
         run,
         "density",
@@ -229,6 +241,15 @@ def test_density_scores_planted_anomaly_above_normal_tissue(tiny_run, tmp_path, 
     assert regions["case"] == "planted" and regions["threshold"] > 0
     assert all(r["max_score"] >= regions["threshold"] for r in regions["regions"])
     assert (tmp_path / "out" / "planted.png").stat().st_size > 1000
+    _set_smoothing(run, default_smoothing)  # the product's default maps
+    calibrate(run, device="cpu", max_cases=2)
+    predict(run, inp, tmp_path / "smoothed", device="cpu", progress=False)
+    smoothed = {
+        n: np.asarray(nib.load(str(tmp_path / "smoothed" / f"{n}.nii.gz")).dataobj) for n in ("clean", "planted")
+    }
+    assert not np.allclose(smoothed["clean"][body], maps["clean"][body])
+    assert np.median(smoothed["planted"][ball]) > np.quantile(smoothed["clean"][body], 0.75)
+    assert smoothed["planted"][ball].mean() > 1.15 * smoothed["clean"][ball].mean()
     from screener_plans.zoo import fetch, publish
 
     publish(run, tmp_path / "zoo", "planted", "1.0.0")  # its card states the training it had
@@ -286,10 +307,19 @@ def _assert_stale_models_are_refused(tiny_run, run):
 
     from screener_plans.engines.models import load_scorer
     from screener_plans.errors import ScreenerError
-    from screener_plans.inference.predict import calibration_is_current, load_threshold
+    from screener_plans.inference.calibration import calibration_is_current, load_threshold
 
     plans = json.loads((run / "plans.json").read_text())
     assert calibration_is_current(run) and load_threshold(run) is not None
+    assert json.loads((run / "calibration.json").read_text())["smooth_mm"] == plans["inference"]["smooth_mm"] > 0
+    edited = {**plans, "inference": {**plans["inference"], "smooth_mm": 0.0}}  # maps no longer smoothed
+    (run / "plans.json").write_text(json.dumps(edited))
+    assert not calibration_is_current(run)
+    with pytest.raises(
+        ScreenerError, match="calibrated with maps smoothed by .* mm, the plans say inference.smooth_mm 0.0"
+    ):
+        load_threshold(run)
+    (run / "plans.json").write_text(json.dumps(plans))
     (run / "condition").unlink()  # a copy of its own: the fixture's stays as it is
     shutil.copytree(tiny_run / "condition", run / "condition")
     load_scorer(run, plans)  # the same weights, copied: fine

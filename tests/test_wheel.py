@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import QUICK_PLAN_AND_TRAIN
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = ("setup.py", "setup.cfg", "pyproject.toml", "MANIFEST.in", "README.md", "screener_plans", "bundles")
@@ -58,30 +59,7 @@ def test_wheel_installs_with_its_bundles_and_runs(ct_folder, tmp_path):
             "plan-and-train",
             ct_folder,
             run,
-            "--device",
-            "cpu",
-            "--workers",
-            "1",
-            "--set",
-            "crop_size=[16,16,16]",
-            "--set",
-            "spacing=[3.0,3.0,3.0]",
-            "--set",
-            "steps.condition=40",
-            "--set",
-            "steps.density=40",
-            "--set",
-            "checkpoint_every=20",
-            "--set",
-            "pairs_per_crop=32",
-            "--intensity-prior",
-            "true",
-            "--features",
-            "intensity",
-            "--condition",
-            "masked",
-            "--density",
-            "gaussian",
+            *QUICK_PLAN_AND_TRAIN,
         ],
         cwd=work,
         env=env,

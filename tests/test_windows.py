@@ -33,4 +33,5 @@ def test_a_presets_window_reaches_both_networks():
             y = net(torch.rand(1, channels, 16, 16, 16))
         assert y.shape[:2] == (1, network["d_desc"] if stage == "descriptor" else network["d_cond"])
     assert network_plan("base", PRESET_PLANS["base"])["windows_hu"] == []  # the paper's input
-    assert network_plan("tiny", PRESET_PLANS["tiny"])["windows_hu"] == []
+    # the CPU default: a lung/gas and a soft-tissue window beside the wide one
+    assert network_plan("tiny", PRESET_PLANS["tiny"])["windows_hu"] == [[-1000.0, -400.0], [-160.0, 240.0]]

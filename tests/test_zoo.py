@@ -245,6 +245,15 @@ def test_monai_download_and_run(env, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run(config_file=str(config), input=str(env["scan"]), output_dir=str(tmp_path / "out"), device="cpu")
     assert (tmp_path / "out" / "scan.nii.gz").is_file() and (tmp_path / "out" / "scan.png").is_file()
+    # the declared sliding window takes MONAI's usual overrides
+    run(config_file=str(config), input=str(env["scan"]), output_dir=str(tmp_path / "o5"), device="cpu", overlap=0.5)
+    maps = [np.asarray(nib.load(str(tmp_path / d / "scan.nii.gz")).dataobj) for d in ("out", "o5")]
+    assert maps[0].shape == maps[1].shape and not np.array_equal(maps[0], maps[1])
+    from screener_plans.bundle_runner import find_screener_error
+
+    with pytest.raises(Exception) as bad:
+        run(config_file=str(config), input=str(env["scan"]), output_dir=str(tmp_path / "ob"), device="cpu", overlap=1.5)
+    assert "--overlap must be a number in [0, 1), got 1.5" in str(find_screener_error(bad.value))
 
 
 def test_default_bundle_root():

@@ -37,7 +37,8 @@ from screener_plans.data.readers import find_cases
 from screener_plans.engines.device import amp_dtype, autocast, resolve_device
 from screener_plans.engines.models import load_scorer
 from screener_plans.inference.executors import overlap_io
-from screener_plans.inference.predict import Predictor, load_threshold
+from screener_plans.inference.calibration import load_threshold
+from screener_plans.inference.predict import Predictor
 from screener_plans.memory import peak_rss_mb, reset_peak_rss
 from screener_plans.planning.plans import load_plans
 

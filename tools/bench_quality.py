@@ -354,12 +354,14 @@ def predict_variant(variant: str, vrun: Path, plans: dict, data: Path, args, tim
     """Calibrate, then write anomaly maps of the test scans exactly as ``screener predict`` does."""
     from screener_plans.engines.device import resolve_device
     from screener_plans.errors import ScreenerError
-    from screener_plans.inference.predict import Predictor, calibrate, calibration_path, load_threshold
+    from screener_plans.inference.calibration import calibrate, calibration_is_current, calibration_path, load_threshold
+    from screener_plans.inference.predict import Predictor
 
     made = mtime(variant_model(variant, vrun))
     preds = args.out / "predictions" / variant
-    if mtime(calibration_path(vrun)) < made:
-        remove(calibration_path(vrun))
+    if mtime(calibration_path(vrun)) < made or not calibration_is_current(vrun):
+        remove(calibration_path(vrun))  # another model, or plans with other map smoothing
+        remove(preds)
     if preds.exists() and min((mtime(p) for p in preds.glob("*.nii.gz")), default=made) < made:
         remove(preds)
     scorer = load_variant_scorer(variant, vrun, plans)

@@ -71,3 +71,23 @@ def run_plans_file(run_dir) -> str:
 def schedule_steps(steps: int) -> int:
     """Length of the one-cycle schedule: the run's steps, but at least 3 (OneCycleLR's minimum)."""
     return max(3, int(steps))
+
+
+def inference_setting(plans: dict, key: str, value):
+    """``--key`` of the inference bundle, or the plans' ``inference.<key>`` when not given; checked
+    as the plans check that key, and named in the error."""
+    from screener_plans.planning.plans import SCHEMA
+
+    if value in (None, ""):
+        return plans["inference"][key]
+    if isinstance(value, str):
+        try:
+            value = float(value) if key != "blend" else value
+        except ValueError:
+            pass
+    if key == "sw_batch_size" and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    check, expected = SCHEMA[f"inference.{key}"]
+    if not check(value):
+        raise ScreenerError(f"--{key} must be {expected}, got {value!r}")
+    return value

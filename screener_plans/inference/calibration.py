@@ -1,4 +1,5 @@
-"""Calibrate the suspicious-region threshold on training scans: a high quantile of body scores.
+"""Calibrate the suspicious-region threshold on training scans: a high quantile of body scores;
+``calibration.json`` (written, checked against the run's present parts, read) lives here too.
 
 Training scans are (mostly) normal, so e.g. the 99.9th percentile of their body-voxel scores
 is a threshold that flags about 0.1% of normal tissue. The quantile is computed in one pass
@@ -8,10 +9,20 @@ grow with the number of cases and no case is scored twice.
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+
 import numpy as np
 
 from screener_plans.errors import ScreenerError
+from screener_plans.inference.sliding import build_inferer
+from screener_plans.inference.smoothing import smooth_in_body
+from screener_plans.io_utils import write_json
 from screener_plans.metrics.binning import DEFAULT_BINS, ScoreBinning, ScoreRange
+from screener_plans.progress import Progress
+
+logger = logging.getLogger("screener.predict")
 
 # Without a given range the bins are fitted to the first map and cover its median +- this many
 # of its interquartile ranges. asinh binning is logarithmic away from the median, so the wide
@@ -171,3 +182,128 @@ def calibrate_threshold(score_maps, quantile: float = 0.999, bins: int = DEFAULT
         "n_cases": n_cases,
         "resolution": acc.bin_width(threshold),
     }
+
+
+# ----------------------------------------------------------------------------- a run's calibration.json
+
+
+def calibration_path(run_dir) -> Path:
+    return Path(run_dir) / "calibration.json"
+
+
+def _read_calibration(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        float(data["threshold"])
+        return data
+    except (ValueError, KeyError, OSError, TypeError) as e:
+        raise ScreenerError(f"{path}: unreadable calibration ({e}); delete it and run `screener calibrate`") from None
+
+
+def _made_with_present_density(run_dir, calibration: dict) -> bool:
+    from screener_plans.engines.models import file_digest, model_path
+
+    recorded = calibration.get("density_model")
+    now = file_digest(model_path(run_dir, "density")) if recorded is not None else None
+    return recorded is None or now is None or recorded == now
+
+
+def smooth_mm(plans: dict) -> float:
+    """Sigma (mm) of the maps' smoothing in the body; calibration records it with the threshold."""
+    return float(plans["inference"].get("smooth_mm", 0.0))
+
+
+def _planned_smoothing(run_dir) -> float:
+    from screener_plans.planning.plans import load_plans
+
+    return smooth_mm(load_plans(Path(run_dir) / "plans.json"))
+
+
+def _made_with_present_smoothing(run_dir, calibration: dict) -> bool:
+    recorded = calibration.get("smooth_mm")  # not recorded (hand-made or older): not checked
+    return recorded is None or float(recorded) == _planned_smoothing(run_dir)
+
+
+def calibration_is_current(run_dir) -> bool:
+    """Whether calibration.json exists and was made with the run's present density model and the
+    plans' map smoothing."""
+    path = calibration_path(run_dir)
+    if not path.exists():
+        return False
+    calibration = _read_calibration(path)
+    return _made_with_present_density(run_dir, calibration) and _made_with_present_smoothing(run_dir, calibration)
+
+
+def load_threshold(run_dir) -> float | None:
+    """The region threshold calibrated on the training data, or None when not calibrated yet."""
+    path = calibration_path(run_dir)
+    if not path.exists():
+        return None
+    calibration = _read_calibration(path)
+    if not _made_with_present_density(run_dir, calibration):
+        raise ScreenerError(
+            f"{path}: calibrated with another density model than the run's present one; "
+            f"run `screener calibrate {run_dir}`"
+        )
+    if not _made_with_present_smoothing(run_dir, calibration):
+        raise ScreenerError(
+            f"{path}: calibrated with maps smoothed by {calibration.get('smooth_mm', 0.0)} mm, the plans say "
+            f"inference.smooth_mm {_planned_smoothing(run_dir)}; "
+            f"run `screener calibrate {run_dir}`"
+        )
+    return float(calibration["threshold"])
+
+
+CALIBRATION_CASES = 4  # what `plan-and-train` and `screener calibrate` both score by default
+
+
+def calibrate(
+    run_dir,
+    plans: dict | None = None,
+    scorer=None,
+    device="auto",
+    max_cases: int = CALIBRATION_CASES,
+    quantile: float | None = None,
+    progress: bool = True,
+) -> dict:
+    """Score up to ``max_cases`` training scans and store the body-voxel score quantile as threshold."""
+    from screener_plans.data.dataset import training_cases
+    from screener_plans.data.preprocess import load_case
+    from screener_plans.engines.device import resolve_device
+    from screener_plans.engines.models import load_scorer
+    from screener_plans.planning.plans import load_plans
+
+    plans = plans or load_plans(Path(run_dir) / "plans.json")
+    device = resolve_device(device)
+    scorer = (scorer or load_scorer(run_dir, plans)).to(device)
+    inferer = build_inferer(plans, device)
+    quantile = quantile or plans["inference"]["region_threshold_quantile"]
+    names = training_cases(run_dir, plans)
+    rng = np.random.default_rng(plans["seed"])
+    chosen = [names[i] for i in sorted(rng.choice(len(names), size=min(max_cases, len(names)), replace=False))]
+    bar = Progress(len(chosen), "calibrate", enabled=progress)
+
+    def maps():
+        for name in chosen:
+            image, mask, meta = load_case(run_dir, name)
+            score = inferer(scorer, image, meta["crop_origin_mm"], meta["spacing"], device)
+            yield smooth_in_body(score, mask, smooth_mm(plans), meta["spacing"]), np.asarray(mask) > 0
+            bar.update()
+
+    result = calibrate_threshold(maps(), quantile=quantile)
+    from screener_plans.engines.models import file_digest, model_path
+
+    result = {
+        **result,
+        "cases": chosen,
+        "density_model": file_digest(model_path(run_dir, "density")),
+        "smooth_mm": smooth_mm(plans),
+    }
+    write_json(calibration_path(run_dir), result)
+    logger.info(
+        "calibrated region threshold %.4g (body-voxel quantile %g over %d training cases)",
+        result["threshold"],
+        quantile,
+        len(chosen),
+    )
+    return result

@@ -1,4 +1,4 @@
-"""Anomaly prediction for a file or a folder of CT scans, and threshold calibration.
+"""Anomaly prediction for a file or a folder of CT scans.
 
 Each case is read, preprocessed exactly as in training, scored with a sliding window, mapped
 back onto its own grid and written as ``<case>.nii.gz``, ``<case>_regions.json`` and
@@ -17,115 +17,24 @@ import torch
 
 from screener_plans.engines.device import launch_rank_world
 from screener_plans.errors import BadCaseError, ScreenerError
+
+# the calibration names stay importable from here: scripts and the inference bundle use them
+from screener_plans.inference.calibration import (  # noqa: F401
+    CALIBRATION_CASES,
+    calibrate,
+    calibration_is_current,
+    calibration_path,
+    load_threshold,
+    smooth_mm,
+)
 from screener_plans.inference.executors import InlineExecutor, overlap_io
-from screener_plans.io_utils import ensure_writable_dir, sweep_stale_temporaries, write_json
-from screener_plans.memory import keep_freed_memory
+from screener_plans.inference.sliding import build_inferer
+from screener_plans.inference.smoothing import smooth_in_body
+from screener_plans.io_utils import ensure_writable_dir, sweep_stale_temporaries
 from screener_plans.options import as_bool
 from screener_plans.progress import Progress
 
 logger = logging.getLogger("screener.predict")
-
-
-def calibration_path(run_dir) -> Path:
-    return Path(run_dir) / "calibration.json"
-
-
-def _read_calibration(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-        float(data["threshold"])
-        return data
-    except (ValueError, KeyError, OSError, TypeError) as e:
-        raise ScreenerError(f"{path}: unreadable calibration ({e}); delete it and run `screener calibrate`") from None
-
-
-def _made_with_present_density(run_dir, calibration: dict) -> bool:
-    from screener_plans.engines.models import file_digest, model_path
-
-    recorded = calibration.get("density_model")
-    now = file_digest(model_path(run_dir, "density")) if recorded is not None else None
-    return recorded is None or now is None or recorded == now
-
-
-def calibration_is_current(run_dir) -> bool:
-    """Whether calibration.json exists and was made with the run's present density model."""
-    path = calibration_path(run_dir)
-    return path.exists() and _made_with_present_density(run_dir, _read_calibration(path))
-
-
-def load_threshold(run_dir) -> float | None:
-    """The region threshold calibrated on the training data, or None when not calibrated yet."""
-    path = calibration_path(run_dir)
-    if not path.exists():
-        return None
-    calibration = _read_calibration(path)
-    if not _made_with_present_density(run_dir, calibration):
-        raise ScreenerError(
-            f"{path}: calibrated with another density model than the run's present one; "
-            f"run `screener calibrate {run_dir}`"
-        )
-    return float(calibration["threshold"])
-
-
-def build_inferer(plans: dict, device, progress: bool = False):
-    from screener_plans.inference.sliding import ScorerInferer
-
-    keep_freed_memory()  # whole-scan scoring: no page faults for every window's activations (memory.py)
-    inf = plans["inference"]
-    return ScorerInferer(
-        plans["crop_size"], inf["overlap"], inf["blend"], inf["sw_batch_size"], amp=plans["amp"], progress=progress
-    )
-
-
-CALIBRATION_CASES = 4  # what `plan-and-train` and `screener calibrate` both score by default
-
-
-def calibrate(
-    run_dir,
-    plans: dict | None = None,
-    scorer=None,
-    device="auto",
-    max_cases: int = CALIBRATION_CASES,
-    quantile: float | None = None,
-    progress: bool = True,
-) -> dict:
-    """Score up to ``max_cases`` training scans and store the body-voxel score quantile as threshold."""
-    from screener_plans.data.dataset import training_cases
-    from screener_plans.data.preprocess import load_case
-    from screener_plans.engines.device import resolve_device
-    from screener_plans.engines.models import load_scorer
-    from screener_plans.inference.calibration import calibrate_threshold
-    from screener_plans.planning.plans import load_plans
-
-    plans = plans or load_plans(Path(run_dir) / "plans.json")
-    device = resolve_device(device)
-    scorer = (scorer or load_scorer(run_dir, plans)).to(device)
-    inferer = build_inferer(plans, device)
-    quantile = quantile or plans["inference"]["region_threshold_quantile"]
-    names = training_cases(run_dir, plans)
-    rng = np.random.default_rng(plans["seed"])
-    chosen = [names[i] for i in sorted(rng.choice(len(names), size=min(max_cases, len(names)), replace=False))]
-    bar = Progress(len(chosen), "calibrate", enabled=progress)
-
-    def maps():
-        for name in chosen:
-            image, mask, meta = load_case(run_dir, name)
-            score = inferer(scorer, image, meta["crop_origin_mm"], meta["spacing"], device)
-            yield score, np.asarray(mask) > 0
-            bar.update()
-
-    result = calibrate_threshold(maps(), quantile=quantile)
-    from screener_plans.engines.models import file_digest, model_path
-
-    result = {**result, "cases": chosen, "density_model": file_digest(model_path(run_dir, "density"))}
-    write_json(calibration_path(run_dir), result)
-    logger.info(
-        "calibrated region threshold %.4g (body-voxel quantile %g over %d training cases)",
-        result["threshold"],
-        quantile,
-        len(chosen),
-    )
-    return result
 
 
 class Predictor:
@@ -150,11 +59,12 @@ class Predictor:
         overwrite: bool = False,
         progress: bool = True,
         overlap: bool | None = None,
+        inferer=None,
     ):
         self.run_dir, self.plans, self.device = Path(run_dir), plans, torch.device(device)
         self.overlap = overlap_io(self.device) if overlap is None else bool(overlap)
         self.scorer = scorer.to(self.device).eval()
-        self.inferer = build_inferer(plans, self.device)
+        self.inferer = inferer if inferer is not None else build_inferer(plans, self.device)
         self.threshold = threshold
         self.model_id = model_fingerprint(self.scorer, threshold)
         self.skip_bad, self.overwrite = as_bool(skip_bad, "skip_bad"), as_bool(overwrite, "overwrite")
@@ -203,6 +113,7 @@ class Predictor:
         t0 = time.perf_counter()
         image, mask, meta = loaded["image"], loaded["mask"], loaded["meta"]
         score = self.inferer(self.scorer, image, meta["crop_origin_mm"], meta["spacing"], self.device)
+        score = smooth_in_body(score, mask, smooth_mm(self.plans), meta["spacing"])
         t_inf = time.perf_counter()
         loaded["original"] = to_original_grid(score, mask, meta)
         loaded["threshold"] = (

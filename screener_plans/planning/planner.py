@@ -39,11 +39,11 @@ PRESET_PLANS = {
         "steps": {"descriptor": 900, "condition": 500, "density": 300},
         "density_batch": 4,
         "checkpoint_every": 100,
-        # Extra input windows of the descriptor and condition networks (nets/windows.py). A
-        # soft-tissue window [[-160, 240]] raised AUROC on the dev, real and test sets but made the
-        # planted gas ball of tests/test_training.py score too close to normal tissue, so it is not
-        # the default yet (docs/benchmarks.md, "Dev log").
-        "windows_hu": [],
+        # Extra input windows of the descriptor and condition networks (nets/windows.py): a
+        # soft-tissue window gives 20-40 HU organ masses full contrast, a lung/gas window keeps
+        # gas apart from fat (with the soft window alone a planted gas ball scored like normal
+        # tissue). Chosen on the dev and real sets (docs/benchmarks.md, "Dev log").
+        "windows_hu": [[-1000, -400], [-160, 240]],
         # Chosen on the quality benchmark's dev set *and* its real-CT set (tools/bench_quality.py;
         # docs/benchmarks.md): the paper's descriptor + masked condition + flow, with the smoothed
         # intensity scored beside the descriptor given its local derivatives. The structure scorer
@@ -235,6 +235,9 @@ def derive_plans(fingerprint: dict, device: str, memory_gb: float, preset: str |
             "blend": "gaussian",
             "sw_batch_size": 2 if device == "cpu" else 4,
             "region_threshold_quantile": 0.999,
+            # Gaussian sigma of the map's smoothing inside the body (inference/smoothing.py),
+            # chosen on the quality benchmark's dev set (docs/benchmarks.md)
+            "smooth_mm": 3.0,
         },
         "dataset": {
             "data_dir": fingerprint["data_dir"],

@@ -119,6 +119,7 @@ SCHEMA = {
     "inference.blend": (lambda v: v in ("gaussian", "constant"), "'gaussian' or 'constant'"),
     "inference.sw_batch_size": (_pos_int, "a positive integer"),
     "inference.region_threshold_quantile": (lambda v: _num(v) and 0 < v < 1, "a number in (0, 1)"),
+    "inference.smooth_mm": (lambda v: _num(v) and v >= 0, "a number >= 0 (mm; 0: no smoothing)"),
 }
 
 
@@ -153,6 +154,7 @@ DEFAULTS = {
     "density.features": "descriptor",
     "density.intensity_prior": False,
     "density.trim": 0.0,
+    "inference.smooth_mm": 0.0,
 }
 
 

@@ -233,7 +233,7 @@ def build_bundle(run_dir, bundle_dir, name: str, version: str, changelog: dict, 
 
     from screener_plans.bundle_runner import bundle_dir as shipped
     from screener_plans.engines.models import load_scorer, trained_steps
-    from screener_plans.inference.predict import calibration_path, load_threshold
+    from screener_plans.inference.calibration import calibration_path, load_threshold
     from screener_plans.planning.plans import load_plans
     from screener_plans.zoo.docs import model_card
     from screener_plans.zoo.layout import read_scorer_config

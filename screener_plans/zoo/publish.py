@@ -23,7 +23,7 @@ def publish(
     An existing version is refused unless ``force``. The bundle's changelog carries the notes
     of the earlier versions of ``name`` in this zoo.
     """
-    from screener_plans.inference.predict import calibration_path
+    from screener_plans.inference.calibration import calibration_path
     from screener_plans.io_utils import ensure_writable_dir
 
     name, version = check_name(name), check_version(version)
