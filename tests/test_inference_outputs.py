@@ -2,8 +2,6 @@
 
 import json
 import stat
-import struct
-import zlib
 
 import conftest
 import nibabel as nib
@@ -17,7 +15,7 @@ from screener_plans.data.preprocess import preprocess_image
 from screener_plans.data.readers import CaseImage
 from screener_plans.errors import ScreenerError
 from screener_plans.inference.calibration import ScoreQuantile, calibrate_threshold
-from screener_plans.inference.overlay import render_overlay, save_png
+from screener_plans.inference.overlay import render_overlay
 from screener_plans.inference.regions import default_min_voxels, find_regions
 from screener_plans.inference.restore import to_original_grid, to_original_mask
 from screener_plans.inference.writer import write_case_outputs
@@ -159,63 +157,76 @@ def test_score_quantile_matches_numpy():
 
 
 def _read_png(path):
-    data = open(path, "rb").read()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, {}
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = data[pos + 4 : pos + 8]
-        body = data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
-        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF
-        chunks[kind] = chunks.get(kind, b"") + body
-        pos += 12 + length
-    w, h, depth, colour = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    raw = zlib.decompress(chunks[b"IDAT"])
-    assert depth == 8 and colour == 2 and b"IEND" in chunks
-    assert len(raw) == h * (1 + 3 * w)
-    rows = np.frombuffer(raw, np.uint8).reshape(h, 1 + 3 * w)
-    return rows[:, 1:].reshape(h, w, 3)
+    """The PNG's RGB pixels (uint8), read by Pillow (an independent decoder)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return np.asarray(im.convert("RGB"))
 
 
-def test_overlay_layout_orientation_and_png(tmp_path):
+def _warm(rgb):
+    """Where the (warm, inferno) overlay shows: red well above blue; the marker is green-blue."""
+    rgb = rgb.astype(int)
+    return rgb[..., 0] - rgb[..., 2]
+
+
+def test_overlay_panels_follow_the_radiological_convention():
     # RAS volume 2 mm x 1 mm x 3 mm: extents 80, 60, 90 mm
     shape, spacing = (40, 60, 30), (2.0, 1.0, 3.0)
     hu = np.full(shape, -1000.0, dtype=np.float32)
     hu[20:, 30:, :] = 100.0  # patient right (RAS: x grows towards the right) and anterior
     score = np.zeros(shape, dtype=np.float32)
     score[5, 10, 25] = 1.0  # patient left, posterior, superior
-    from screener_plans.inference import overlay
-    from screener_plans.inference.glyphs import text_size
+    from screener_plans.inference.overlay import overlay_panels
 
-    rgb = render_overlay(hu, score, np.diag(list(spacing) + [1.0]), threshold=0.5, panel_px=90)
-    # one mm per pixel: panels axial 60x80, coronal 90x80, sagittal 90x60 (rows x cols), colour
-    # bar, its value labels
-    gap, labels = overlay.GAP_PX, text_size("0" * overlay.SCALE_CHARS)[1]
-    assert rgb.dtype == np.uint8 and rgb.shape == (90, 80 + 80 + 60 + 12 + labels + 4 * gap, 3)
-    assert rgb[:15, :80].max() == 0 and rgb[75:, :80].max() == 0  # the shorter panel is centred
-    axial = rgb[15:75, :80].astype(int)
-    # direction letters: R at the middle of the axial panel's left edge, A at its top
-    is_label = (axial == overlay.LABEL_RGB).all(axis=-1)
-    assert is_label[26:34, 2:7].any() and is_label[2:9, 37:43].any() and not is_label[12:48, 10:70].any()
-    c0 = 80 + gap
-    coronal_cols, sagittal_cols = slice(c0, c0 + 80), slice(c0 + 80 + gap, c0 + 80 + gap + 60)
+    axial, coronal, sagittal = overlay_panels(hu, score, np.diag(list(spacing) + [1.0]), panel_px=90)
+    # one mm per pixel: axial 60x80, coronal 90x80, sagittal 90x60 (rows x cols)
+    assert [p.gray.shape for p in (axial, coronal, sagittal)] == [(60, 80), (90, 80), (90, 60)]
+    assert [p.letters for p in (axial, coronal, sagittal)] == [
+        ("R", "L", "A", "P"),
+        ("R", "L", "S", "I"),
+        ("A", "P", "S", "I"),
+    ]
     # patient right is image left, anterior is up: the bright quadrant is top-left
-    assert axial[5, 5].mean() > 100 and axial[5, 75].mean() < 20 and axial[55, 5].mean() < 20
-    # the hot voxel (left, posterior) shows in colour at the bottom right of the axial panel
-    colour = axial[:, :, 0] - axial[:, :, 2]  # warm overlay; the marker is green-blue
-    r, c = np.unravel_index(np.argmax(colour), colour.shape)
-    assert r == 49 and c in (68, 69)  # row 59 - y, column 2 mm * (39 - x)
-    assert axial[49, 57:61, 1].min() == 255  # marker ticks left of the point
-    coronal = rgb[:, coronal_cols].astype(int)
-    colour = coronal[:, :, 0] - coronal[:, :, 2]
-    r, c = np.unravel_index(np.argmax(colour), colour.shape)
+    assert axial.gray[5, 5] > 0.5 and axial.gray[5, 75] < 0.1 and axial.gray[55, 5] < 0.1
+    # the hot voxel (left, posterior) at the bottom right of the axial panel, marked there
+    r, c = np.unravel_index(np.argmax(axial.heat), axial.heat.shape)
+    assert r == 49 and c in (68, 69) and axial.point == (49, 69)  # row 59 - y, column 2 mm * (39 - x)
+    r, c = np.unravel_index(np.argmax(coronal.heat), coronal.heat.shape)
     assert 12 <= r <= 14 and c in (68, 69)  # superior is up, patient left is image right
-    sagittal = rgb[:, sagittal_cols].astype(int)
-    colour = sagittal[:, :, 0] - sagittal[:, :, 2]
-    r, c = np.unravel_index(np.argmax(colour), colour.shape)
+    r, c = np.unravel_index(np.argmax(sagittal.heat), sagittal.heat.shape)
     assert 12 <= r <= 14 and c == 49  # anterior is image left: posterior voxel on the right
-    path = save_png(tmp_path / "o.png", rgb)
+
+
+def test_overlay_picture_places_panels_and_colour_bar(tmp_path):
+    shape, spacing = (40, 60, 30), (2.0, 1.0, 3.0)
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    hu[20:, 30:, :] = 100.0
+    score = np.zeros(shape, dtype=np.float32)
+    score[3:8, 8:13, 23:28] = 1.0  # a small hot block: left, posterior, superior
+    from screener_plans.inference import overlay
+
+    affine = np.diag(list(spacing) + [1.0])
+    rgb = render_overlay(hu, score, affine, threshold=0.5, panel_px=90)
+    panels = overlay.overlay_panels(hu, score, affine, panel_px=90)
+    origins, height, width = overlay.panel_origins(panels)
+    assert rgb.dtype == np.uint8 and rgb.shape == (height, width, 3)
+    (r0, c0), (h, w) = origins[0], panels[0].gray.shape
+    assert (h, w) == (60, 80) and r0 == overlay.TITLE_PX + 15  # the shorter panel is centred
+    axial = rgb[r0 : r0 + h, c0 : c0 + w]
+    assert axial[5, 10].mean() > 100 and axial[5, 75].mean() < 20  # the CT, right-anterior bright
+    warm = _warm(axial)
+    r, c = np.unravel_index(np.argmax(warm), warm.shape)
+    assert warm.max() > 80 and abs(r - 49) <= 3 and abs(c - 68) <= 5  # the overlay where the map is hot
+    assert _warm(axial[:30]).max() < 30  # and nowhere near the anterior half
+    marker = (axial[..., 1] > 200) & (axial[..., 0] < 60)
+    assert marker[45:54, 55:66].any()  # the green ticks beside the point
+    bar_col = origins[-1][1] + panels[-1].gray.shape[1] + overlay.GAP_PX
+    bar = rgb[overlay.TITLE_PX + 6 : height - 14, bar_col + 3 : bar_col + overlay.COLORBAR_PX - 3].astype(int)
+    assert bar[0].mean() > bar[-1].mean() + 60  # inferno: bright at the top score, dark at the start
+    assert (rgb[:, bar_col + overlay.COLORBAR_PX + 2 :] > 120).any()  # its tick labels
+    path = overlay.save_png(tmp_path / "o.png", rgb)
     np.testing.assert_array_equal(_read_png(path), rgb)
     assert [p.name for p in tmp_path.iterdir()] == ["o.png"]
 
@@ -287,10 +298,8 @@ def test_threaded_nifti_gz_is_nibabels_file(tmp_path, monkeypatch, threads, back
 def test_direction_letters_leave_the_overlay_visible():
     from screener_plans.inference import overlay
 
-    rgb = np.zeros((60, 80, 3))
-    hot = np.zeros((60, 80), dtype=bool)
-    hot[3, 40] = True  # an overlay pixel where the top letter would go
-    overlay._label_directions(rgb, ("R", "L", "A", "P"), 1, keep_clear=hot)
-    is_label = (np.round(rgb * 255) == overlay.LABEL_RGB).all(axis=-1)
-    assert not is_label[:12, 30:50].any()  # no "A" over the overlay
-    assert is_label[26:34, :8].any() and is_label[26:34, 72:].any() and is_label[50:, 30:50].any()
+    heat = np.zeros((60, 80), dtype=np.float32)
+    panel = overlay.Panel("axial", np.zeros((60, 80)), heat, (30, 40), ("R", "L", "A", "P"))
+    assert [label[0] for label in overlay.direction_labels(panel, start=0.5)] == ["R", "L", "A", "P"]
+    heat[3, 40] = 1.0  # an overlay pixel where the top letter would go
+    assert [label[0] for label in overlay.direction_labels(panel, start=0.5)] == ["R", "L", "P"]

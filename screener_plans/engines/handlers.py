@@ -162,28 +162,34 @@ class ProgressLogger:
         raise e
 
 
-def _state(obj):
-    return obj.state_dict() if hasattr(obj, "state_dict") else obj
-
-
-def save_checkpoint(path: str | Path, objects: dict) -> None:
-    """Atomically save ``{name: obj.state_dict()}``."""
-    payload = {k: _state(unwrap(v) if isinstance(v, torch.nn.Module) else v) for k, v in objects.items()}
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(payload, tmp)
+def checkpoint_steps(save_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of the checkpoints in ``save_dir``, oldest first."""
+    d = Path(save_dir)
+    if not d.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in d.iterdir() if (m := CKPT_RE.search(p.name)))
 
 
 def latest_checkpoint(save_dir: str | Path) -> Path | None:
     """The checkpoint with the highest step in ``save_dir``, or None."""
-    d = Path(save_dir)
-    if not d.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := CKPT_RE.search(p.name))]
-    return max(found)[1] if found else None
+    found = checkpoint_steps(save_dir)
+    return found[-1][1] if found else None
+
+
+def _sweep_killed_saves(save_dir: Path) -> None:
+    """Ignite's atomic ``DiskSaver`` writes ``tmp*`` beside the checkpoints and renames it when
+    whole; a save killed mid-write leaves one behind. Only the main process of the one training
+    of a stage writes there, so at its start every such file is a leftover."""
+    if save_dir.is_dir():
+        for p in save_dir.glob("tmp*"):
+            if p.is_file():
+                p.unlink(missing_ok=True)
 
 
 class CheckpointHandler:
-    """Saves ``objects`` every ``every`` steps and when training completes; keeps the newest ``keep``.
+    """Saves ``objects`` and the trainer every ``every`` steps and when training completes, with
+    Ignite's ``Checkpoint`` and an atomic ``DiskSaver``; keeps the newest ``keep``, counting those
+    a resumed run found on disk.
 
     Ctrl-C (SIGINT) also saves: between steps at once, during a step once the step is done, so
     the checkpoint never holds a half-applied update and a re-run resumes where it stopped. A
@@ -192,6 +198,7 @@ class CheckpointHandler:
 
     def __init__(self, save_dir: str, objects: dict, every: int, keep: int = 2):
         self.save_dir, self.objects, self.every, self.keep = Path(save_dir), objects, int(every), int(keep)
+        self._checkpoint = None
         self._in_step = False
         self._interrupted = False
         self._previous_sigint = None
@@ -199,7 +206,8 @@ class CheckpointHandler:
 
     def attach(self, engine) -> None:
         quiet_handled_errors(engine)
-        engine.add_event_handler(Events.STARTED, self._watch_interrupts, engine)
+        # after ResumeHandler (attached first), so that the checkpoints it kept are counted
+        engine.add_event_handler(Events.STARTED, self._start, engine)
         # a step starts once its batch is in hand: ignite counts the iteration right after
         engine.add_event_handler(Events.GET_BATCH_COMPLETED, self._step_started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._step_completed)
@@ -207,17 +215,28 @@ class CheckpointHandler:
         engine.add_event_handler(Events.COMPLETED, self.save)
         engine.add_event_handler(Events.COMPLETED, self._unwatch_interrupts)
 
+    def _start(self, engine) -> None:
+        from ignite.handlers import Checkpoint, DiskSaver
+
+        if is_main_process():
+            _sweep_killed_saves(self.save_dir)
+        self._checkpoint = Checkpoint(
+            {**self.objects, "trainer": engine},
+            DiskSaver(str(self.save_dir), atomic=True, require_empty=False),
+            n_saved=self.keep,
+            global_step_transform=lambda e, _: e.state.iteration,
+            filename_pattern="checkpoint_{global_step:08d}.{ext}",
+        )
+        # Ignite's Checkpoint only knows what it saved itself: hand it the files already there
+        self._checkpoint.load_state_dict({"_saved": [(step, p.name) for step, p in checkpoint_steps(self.save_dir)]})
+        self._watch_interrupts(engine)
+
     def save(self, engine) -> Path | None:
-        if not is_main_process():
+        if not is_main_process() or self._checkpoint is None:
             return None
-        step = engine.state.iteration
-        path = self.save_dir / f"checkpoint_{step:08d}.pt"
-        if path.exists():
-            return path
-        save_checkpoint(path, {**self.objects, "trainer": engine})
-        old = sorted((int(m.group(1)), p) for p in self.save_dir.iterdir() if (m := CKPT_RE.search(p.name)))
-        for _, p in old[: -self.keep]:
-            p.unlink(missing_ok=True)
+        path = self.save_dir / f"checkpoint_{engine.state.iteration:08d}.pt"
+        if not path.exists():  # at the end, the last periodic save is often this very step
+            self._checkpoint(engine)
         return path
 
     # -- Ctrl-C: finish the step, save, stop ------------------------------------------------
@@ -278,6 +297,8 @@ class ResumeHandler:
         engine.add_event_handler(Events.STARTED, self.load)
 
     def load(self, engine) -> None:
+        from ignite.handlers import Checkpoint
+
         if is_main_process():
             sweep_stale_temporaries(self.save_dir)  # temp files of a killed save
             if not self.enabled:
@@ -292,17 +313,16 @@ class ResumeHandler:
                 f"{path}: checkpoint cannot be loaded ({type(e).__name__}); delete it to restart from the previous one"
             ) from None
         self._check_schedule(path, state)
-        for name, obj in self.objects.items():
-            if name not in state:
-                raise ScreenerError(f"{path}: checkpoint has no '{name}' entry; it was written by another stage")
-            target = unwrap(obj) if isinstance(obj, torch.nn.Module) else obj
-            try:
-                target.load_state_dict(state[name])
-            except (RuntimeError, ValueError, KeyError) as e:
-                raise ScreenerError(
-                    f"{path}: checkpoint does not match this model/plans ({_first_detail(e)}); "
-                    "train from scratch with --resume false"
-                ) from None
+        missing = [name for name in self.objects if name not in state]
+        if missing:
+            raise ScreenerError(f"{path}: checkpoint has no '{missing[0]}' entry; it was written by another stage")
+        try:
+            Checkpoint.load_objects(to_load=self.objects, checkpoint=state)
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise ScreenerError(
+                f"{path}: checkpoint does not match this model/plans ({_first_detail(e)}); "
+                "train from scratch with --resume false"
+            ) from None
         trainer_state = state["trainer"]
         engine.state.iteration = int(trainer_state["iteration"])
         # Ignite counts an epoch as done only at its end: a mid-epoch resume restarts that epoch

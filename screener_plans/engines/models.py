@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from screener_plans.choices import CONDITIONS, DENSITIES, FEATURES
 from screener_plans.errors import ScreenerError
 from screener_plans.io_utils import sha256_file, write_json
 from screener_plans.nets.shell_histogram import HISTOGRAM_BINS_HU, ShellHistogram
@@ -17,13 +18,6 @@ from screener_plans.nets.structure import STRUCTURE_CHANNELS, LocalStructure
 from screener_plans.nets.surround import DIRECTIONS, SurroundContext
 from screener_plans.options import as_bool
 
-CONDITIONS = ("masked", "sincos", "none", "surround", "histogram")
-DENSITIES = ("gaussian", "flow", "mixture")
-# What the density model scores: the learned descriptor (the paper), the voxel's own CT
-# intensity (window-scaled), both side by side, or "structure": the intensity smoothed at one
-# voxel, scored given its local Gaussian derivatives (appended to the condition; see
-# nets/structure.py), or the descriptor and that smoothed intensity in one density.
-FEATURES = ("descriptor", "intensity", "descriptor+intensity", "structure", "descriptor+structure")
 INTENSITY_CHANNELS = 1
 STRUCTURE_SIGMA = 1.0  # voxels of the planned grid
 # the surround condition's box means: this far from the voxel (beyond masses of about that

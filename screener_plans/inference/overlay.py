@@ -3,63 +3,58 @@
 Radiological display convention: axial seen from the feet (patient right on image left,
 anterior up), coronal seen from the front (patient right on image left, superior up),
 sagittal seen from the patient's left (anterior on image left, superior up), as PACS viewers
-show them. Pixels are square in mm and the three panels share one mm-per-pixel
-scale. The PNG encoder uses only zlib and struct, so no imaging library is needed.
+show them. Pixels are square in mm and the three panels share one mm-per-pixel scale.
+
+``overlay_panels`` owns the geometry (pure numpy, exact and testable); ``render_overlay`` draws
+the panels with matplotlib's Agg backend (no display needed): its ``inferno`` colormap, a
+labelled colour bar, the direction letters in a real font.
 """
 
 from __future__ import annotations
 
-import struct
-import zlib
+from dataclasses import dataclass
 
 import numpy as np
 from nibabel import orientations as nio
 from scipy import ndimage
 
 from screener_plans.data.geometry import ras_transform
-from screener_plans.inference.glyphs import draw_text, text_size
 from screener_plans.io_utils import atomic_path
 
 CT_WINDOW = (-1000.0, 400.0)  # lung to soft tissue in one grey ramp
 PANEL_PX = 384  # long side of the largest panel; every panel stays <= 512 px
 GAP_PX = 8
-LEGEND_PX = 12
+COLORBAR_PX = 12
+# room right of the colour bar for its tick labels and title, and above the panels for names
+LEGEND_ROOM_PX, TITLE_PX = 76, 18
 ALPHA_MIN, ALPHA_MAX = 0.25, 0.85  # opacity just above the threshold and at the top score
-MARKER_RGB = (0, 255, 128)
-LABEL_RGB = (180, 220, 255)  # cool, so that no label is mistaken for the warm overlay
-SCALE_CHARS = 9  # width of the colour bar's value labels, e.g. "-1.23e+04"
+MARKER_COLOR = "#00ff80"
+LABEL_COLOR = "#b4dcff"  # cool, so that no label is mistaken for the warm overlay
+# The dark start of inferno would look like a shadow on CT; overlays use its bright part.
+CMAP_START = 0.3
+VIEWS = ("axial", "coronal", "sagittal")
 # direction letters of each view at its (left, right, top, bottom) edge, in display convention
 _DIRECTIONS = (("R", "L", "A", "P"), ("R", "L", "S", "I"), ("A", "P", "S", "I"))
-
-# matplotlib's "inferno" sampled at 10 evenly spaced points; linear interpolation between
-# them is visually indistinguishable from the full table at overlay sizes.
-_INFERNO = (
-    np.array(
-        [
-            [0x00, 0x00, 0x04],
-            [0x1B, 0x0C, 0x42],
-            [0x4B, 0x0C, 0x6B],
-            [0x78, 0x1C, 0x6D],
-            [0xA5, 0x2C, 0x60],
-            [0xCF, 0x44, 0x46],
-            [0xED, 0x69, 0x25],
-            [0xFB, 0x9A, 0x06],
-            [0xF7, 0xD0, 0x3C],
-            [0xFC, 0xFF, 0xA4],
-        ],
-        dtype=np.float64,
-    )
-    / 255.0
-)
-# The dark start of the map would look like a shadow on CT; overlays use its bright part.
-_CMAP_START = 0.3
+LETTER_PX = 14  # the box a direction letter covers (font size 10 px), kept off the overlay
 
 
-def colormap(u: np.ndarray) -> np.ndarray:
-    """RGB in [0, 1] for values ``u`` in [0, 1] (inferno), shape ``u.shape + (3,)``."""
-    u = np.clip(np.asarray(u, dtype=np.float64), 0.0, 1.0)
-    xp = np.linspace(0.0, 1.0, len(_INFERNO))
-    return np.stack([np.interp(u, xp, _INFERNO[:, c]) for c in range(3)], axis=-1)
+@dataclass
+class Panel:
+    """One view in display orientation: grey CT in [0, 1], the score, the marked point."""
+
+    name: str
+    gray: np.ndarray  # (rows, cols)
+    heat: np.ndarray  # (rows, cols), the score
+    point: tuple[int, int]  # (row, col) of the marked voxel
+    letters: tuple[str, str, str, str]  # at the (left, right, top, bottom) edge
+
+
+def overlay_cmap():
+    """The overlay's colormap: the bright part of matplotlib's ``inferno``."""
+    import matplotlib
+    from matplotlib.colors import ListedColormap
+
+    return ListedColormap(matplotlib.colormaps["inferno"](np.linspace(CMAP_START, 1.0, 256)), name="screener_inferno")
 
 
 def _ras_view(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
@@ -118,83 +113,16 @@ def _reference_levels(score: np.ndarray, threshold: float | None) -> tuple[float
     return start, top
 
 
-def _blend(gray: np.ndarray, score: np.ndarray, start: float, top: float) -> np.ndarray:
-    rgb = np.repeat(gray[..., None], 3, axis=-1)
-    u = np.clip((score - start) / (top - start), 0.0, 1.0)
-    above = score > start
-    alpha = np.where(above, ALPHA_MIN + (ALPHA_MAX - ALPHA_MIN) * u, 0.0)[..., None]
-    color = colormap(_CMAP_START + (1.0 - _CMAP_START) * u)
-    return rgb * (1.0 - alpha) + color * alpha
-
-
-def _marker(rgb: np.ndarray, row: int, col: int) -> None:
-    """Four short ticks around (row, col), leaving the point itself visible."""
-    h, w = rgb.shape[:2]
-    gap, length = 4, 8
-    colour = np.asarray(MARKER_RGB, dtype=np.float64) / 255.0
-    for d in (-1, 1):
-        r0, r1 = sorted((row + d * gap, row + d * (gap + length)))
-        c0, c1 = sorted((col + d * gap, col + d * (gap + length)))
-        if 0 <= col < w:
-            rgb[max(r0, 0) : max(min(r1, h), 0), col] = colour
-        if 0 <= row < h:
-            rgb[row, max(c0, 0) : max(min(c1, w), 0)] = colour
-
-
-def _label_directions(rgb: np.ndarray, letters, scale: int, keep_clear: np.ndarray) -> None:
-    """The anatomical direction at the middle of each edge of a panel (when it has room); a
-    letter that would cover overlay pixels (``keep_clear``) is left out rather than hide them."""
-    h, w = rgb.shape[:2]
-    th, tw = text_size("R", scale)
-    if h < 3 * th or w < 3 * tw:
-        return
-    colour = np.asarray(LABEL_RGB) / 255.0
-    left, right, top, bottom = letters
-    for letter, row, col in (
-        (left, (h - th) // 2, 2),
-        (right, (h - th) // 2, w - tw - 2),
-        (top, 2, (w - tw) // 2),
-        (bottom, h - th - 2, (w - tw) // 2),
-    ):
-        if not keep_clear[row : row + th, col : col + tw].any():
-            draw_text(rgb, letter, row, col, colour, scale)
-
-
-def _text_scale(panel_px: int) -> int:
-    return 2 if panel_px >= 200 else 1
-
-
-def _scale_labels(height: int, start: float, top: float, scale: int) -> np.ndarray:
-    """A strip beside the colour bar: the top score at its top, the overlay's start at its foot."""
-    th, tw = text_size("0" * SCALE_CHARS, scale)
-    strip = np.zeros((height, tw, 3))
-    colour = np.asarray(LABEL_RGB) / 255.0
-    draw_text(strip, f"{top:.3g}"[:SCALE_CHARS], 0, 0, colour, scale)
-    if height >= 3 * th:
-        draw_text(strip, f"{start:.3g}"[:SCALE_CHARS], height - th - scale, 0, colour, scale)
-    return strip
-
-
-def render_overlay(
-    image_hu: np.ndarray,
-    score: np.ndarray,
-    affine: np.ndarray,
-    point_voxel=None,
-    threshold: float | None = None,
-    window=CT_WINDOW,
-    panel_px: int = PANEL_PX,
-) -> np.ndarray:
-    """Axial | coronal | sagittal slices through ``point_voxel`` with the map overlaid (uint8 RGB).
+def overlay_panels(
+    image_hu: np.ndarray, score: np.ndarray, affine: np.ndarray, point_voxel=None, window=CT_WINDOW, panel_px=PANEL_PX
+) -> list[Panel]:
+    """The axial, coronal and sagittal slices through ``point_voxel`` in display orientation.
 
     ``image_hu`` and ``score`` are on the input grid (file voxel order), ``affine`` maps voxels
-    to RAS mm, ``point_voxel`` is 3 ints in file order (default: the score's argmax). The
-    overlay starts at ``threshold`` (default: the body's 95th score percentile) and its colour
-    and opacity grow with the score up to the map's maximum. A thin colour bar is on the right,
-    labelled with the map's maximum and the overlay's starting score; each panel's edges carry
-    the anatomical directions (R/L, A/P, S/I).
+    to RAS mm, ``point_voxel`` is 3 ints in file order (default: the score's argmax). Pixels are
+    square; the longest extent of the volume spans ``panel_px`` pixels (at most 512).
     """
-    image_hu = np.asarray(image_hu)
-    score = np.asarray(score)
+    image_hu, score = np.asarray(image_hu), np.asarray(score)
     if image_hu.shape != score.shape or image_hu.ndim != 3:
         raise ValueError(f"image {image_hu.shape} and score {score.shape} must be the same 3D grid")
     affine = np.asarray(affine, dtype=np.float64)
@@ -209,70 +137,137 @@ def render_overlay(
     ct, sc = _ras_view(image_hu, ornt), _ras_view(score, ornt)
     x, y, z = _to_ras_index(point, ornt, shape)
     ras_shape = ct.shape
-    start, top = _reference_levels(score, threshold)
-
-    extent = max(n * s for n, s in zip(ras_shape, spacing))
-    long_side = min(max(int(panel_px), 16), 512)
-    pixel_mm = extent / long_side
-    text_scale = _text_scale(long_side)
+    pixel_mm = max(n * s for n, s in zip(ras_shape, spacing)) / min(max(int(panel_px), 16), 512)
     # (slice index, the two in-plane RAS axes, the point within the plane)
     views = [
-        ((slice(None), slice(None), z), (0, 1), (x, y)),  # axial
-        ((slice(None), y, slice(None)), (0, 2), (x, z)),  # coronal
+        ((slice(None), slice(None), z), (0, 1), (x, y)),
+        ((slice(None), y, slice(None)), (0, 2), (x, z)),
         ((x, slice(None), slice(None)), (1, 2), (y, z)),
-    ]  # sagittal
+    ]
     lo, hi = float(window[0]), float(window[1])
     panels = []
-    for (index, (a, b), (pa, pb)), letters in zip(views, _DIRECTIONS):
+    for name, (index, (a, b), (pa, pb)), letters in zip(VIEWS, views, _DIRECTIONS):
         gray = _display(np.clip((np.asarray(ct[index], dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0))
         heat = _display(np.asarray(sc[index], dtype=np.float32))
         # display rows run along axis b, columns along axis a
         gray = _square_pixels(gray, spacing[b], spacing[a], pixel_mm, order=1)
         heat = _square_pixels(heat, spacing[b], spacing[a], pixel_mm, order=1)
-        rgb = _blend(gray, heat, start, top)
         row = int((ras_shape[b] - 1 - pb + 0.5) * spacing[b] / pixel_mm)
         col = int((ras_shape[a] - 1 - pa + 0.5) * spacing[a] / pixel_mm)
-        _marker(rgb, row, col)
-        _label_directions(rgb, letters, text_scale, keep_clear=heat > start)
-        panels.append(rgb)
-
-    height = max(p.shape[0] for p in panels)
-    legend = colormap(_CMAP_START + (1.0 - _CMAP_START) * np.linspace(1.0, 0.0, height))
-    parts = []
-    for p in panels + [np.repeat(legend[:, None, :], LEGEND_PX, axis=1), _scale_labels(height, start, top, text_scale)]:
-        padded = np.zeros((height, p.shape[1], 3))
-        top_px = (height - p.shape[0]) // 2  # shorter panels centred, not hung from the top
-        padded[top_px : top_px + p.shape[0]] = p
-        parts += [padded, np.zeros((height, GAP_PX, 3))]
-    out = np.concatenate(parts[:-1], axis=1)
-    return np.round(out * 255.0).astype(np.uint8)
+        panels.append(Panel(name, gray, heat, (row, col), letters))
+    return panels
 
 
-def encode_png(rgb: np.ndarray) -> bytes:
-    """PNG bytes of an 8-bit RGB image (H, W, 3), unfiltered rows, zlib level 6."""
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
-        raise ValueError(f"expected an (H, W, 3) image, got shape {rgb.shape}")
-    h, w = rgb.shape[:2]
-    raw = np.zeros((h, 1 + 3 * w), dtype=np.uint8)  # filter byte 0 (None) before every row
-    raw[:, 1:] = rgb.reshape(h, 3 * w)
+def direction_labels(panel: Panel, start: float) -> list[tuple[str, float, float, str, str]]:
+    """(letter, x, y, ha, va) at the middle of each edge, in pixels; a letter that would cover
+    overlay pixels (score above ``start``) or does not fit is left out rather than hide them."""
+    h, w = panel.gray.shape
+    if h < 3 * LETTER_PX or w < 3 * LETTER_PX:
+        return []
+    hot = panel.heat > start
+    left, right, top, bottom = panel.letters
+    pad, box = 2, LETTER_PX
+    placed = []
+    for letter, x, y, ha, va, rows, cols in (
+        (left, pad, h / 2, "left", "center", slice(h // 2 - box // 2, h // 2 + box // 2), slice(0, box)),
+        (right, w - pad, h / 2, "right", "center", slice(h // 2 - box // 2, h // 2 + box // 2), slice(w - box, w)),
+        (top, w / 2, pad, "center", "top", slice(0, box), slice(w // 2 - box // 2, w // 2 + box // 2)),
+        (bottom, w / 2, h - pad, "center", "bottom", slice(h - box, h), slice(w // 2 - box // 2, w // 2 + box // 2)),
+    ):
+        if not hot[rows, cols].any():
+            placed.append((letter, x, y, ha, va))
+    return placed
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit truecolour, no interlace
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
-        + chunk(b"IEND", b"")
-    )
+def panel_origins(panels: list[Panel]) -> tuple[list[tuple[int, int]], int, int]:
+    """Each panel's (top row, left column) in the picture, and the picture's (height, width):
+    panels side by side under a title strip, shorter ones centred, the colour bar last."""
+    height = max(p.gray.shape[0] for p in panels)
+    origins, col = [], 0
+    for p in panels:
+        origins.append((TITLE_PX + (height - p.gray.shape[0]) // 2, col))
+        col += p.gray.shape[1] + GAP_PX
+    return origins, TITLE_PX + height, col + COLORBAR_PX + LEGEND_ROOM_PX
+
+
+def _heat_rgba(heat: np.ndarray, start: float, top: float, cmap) -> np.ndarray:
+    u = np.clip((heat - start) / (top - start), 0.0, 1.0)
+    rgba = cmap(u)
+    rgba[..., 3] = np.where(heat > start, ALPHA_MIN + (ALPHA_MAX - ALPHA_MIN) * u, 0.0)
+    return rgba
+
+
+def render_overlay(
+    image_hu: np.ndarray,
+    score: np.ndarray,
+    affine: np.ndarray,
+    point_voxel=None,
+    threshold: float | None = None,
+    window=CT_WINDOW,
+    panel_px: int = PANEL_PX,
+) -> np.ndarray:
+    """Axial | coronal | sagittal slices through ``point_voxel`` with the map overlaid (uint8 RGB).
+
+    The overlay starts at ``threshold`` (default: the body's 95th score percentile); its colour
+    and opacity grow with the score up to the map's maximum. A colour bar on the right is
+    labelled in score units; each panel is named and its edges carry the anatomical directions
+    (R/L, A/P, S/I); a green cross marks the point. Arguments as ``overlay_panels``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    panels = overlay_panels(image_hu, score, affine, point_voxel, window, panel_px)
+    start, top = _reference_levels(np.asarray(score), threshold)
+    origins, height, width = panel_origins(panels)
+    dpi = 100
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="black")
+    FigureCanvasAgg(fig)
+    cmap = overlay_cmap()
+
+    def axes_at(row, col, h, w):  # pixel box -> figure fraction (matplotlib's origin is bottom-left)
+        return fig.add_axes((col / width, 1 - (row + h) / height, w / width, h / height))
+
+    for p, (row, col) in zip(panels, origins):
+        h, w = p.gray.shape
+        ax = axes_at(row, col, h, w)
+        ax.set_axis_off()
+        extent = (-0.5, w - 0.5, h - 0.5, -0.5)
+        ax.imshow(p.gray, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest", extent=extent)
+        ax.imshow(_heat_rgba(p.heat, start, top, cmap), interpolation="nearest", extent=extent)
+        r, c = p.point
+        gap, length = 4, 8
+        for d in (-1, 1):  # four short ticks around the point, leaving it visible
+            ax.plot([c, c], [r + d * gap, r + d * (gap + length)], color=MARKER_COLOR, lw=1)
+            ax.plot([c + d * gap, c + d * (gap + length)], [r, r], color=MARKER_COLOR, lw=1)
+        ax.set_xlim(-0.5, w - 0.5)
+        ax.set_ylim(h - 0.5, -0.5)
+        for letter, x, y, ha, va in direction_labels(p, start):
+            ax.text(x, y, letter, color=LABEL_COLOR, fontsize=7.5, fontweight="bold", ha=ha, va=va)
+        fig.text((col + 3) / width, 1 - 3 / height, p.name, color=LABEL_COLOR, fontsize=8, ha="left", va="top")
+    bar_col = origins[-1][1] + panels[-1].gray.shape[1] + GAP_PX
+    bar_h = max(height - TITLE_PX - 12, 16)  # room below for the lower tick label
+    cax = axes_at(TITLE_PX + 4, bar_col, bar_h, COLORBAR_PX)
+    bar = fig.colorbar(ScalarMappable(norm=Normalize(start, top), cmap=cmap), cax=cax)
+    bar.set_ticks([start, top])
+    bar.ax.tick_params(colors=LABEL_COLOR, labelsize=7, length=2)
+    bar.ax.set_yticklabels([f"{start:.3g}", f"{top:.3g}"])
+    if bar_h >= 100:  # the vertical title fits beside the bar
+        bar.set_label("anomaly score (NLL)", color=LABEL_COLOR, fontsize=7, labelpad=-4)
+    bar.outline.set_edgecolor(LABEL_COLOR)
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    return np.array(rgba[..., :3], dtype=np.uint8)
 
 
 def save_png(path, rgb: np.ndarray) -> str:
     """Write ``rgb`` (H, W, 3 uint8) as a PNG file, atomically; returns the path."""
-    data = encode_png(rgb)
+    from matplotlib.image import imsave
+
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise ValueError(f"expected an (H, W, 3) image, got shape {rgb.shape}")
     with atomic_path(path, suffix=".png") as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        imsave(tmp, rgb, format="png")
     return str(path)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from screener_plans.choices import CONDITIONS, DENSITIES, FEATURES, one_of
 from screener_plans.errors import ScreenerError
 from screener_plans.io_utils import write_json
 
@@ -103,15 +104,9 @@ SCHEMA = {
     "steps.condition": (_pos_int, "a positive integer"),
     "steps.density": (_pos_int, "a positive integer"),
     "checkpoint_every": (_pos_int, "a positive integer"),
-    "density.kind": (lambda v: v in ("gaussian", "flow", "mixture"), "'gaussian', 'flow' or 'mixture'"),
-    "density.condition": (
-        lambda v: v in ("masked", "sincos", "none", "surround", "histogram"),
-        "'masked', 'sincos', 'none', 'surround' or 'histogram'",
-    ),
-    "density.features": (
-        lambda v: v in ("descriptor", "intensity", "descriptor+intensity", "structure", "descriptor+structure"),
-        "'descriptor', 'intensity', 'descriptor+intensity', 'structure' or 'descriptor+structure'",
-    ),
+    "density.kind": (lambda v: v in DENSITIES, one_of(DENSITIES)),
+    "density.condition": (lambda v: v in CONDITIONS, one_of(CONDITIONS)),
+    "density.features": (lambda v: v in FEATURES, one_of(FEATURES)),
     "density.intensity_prior": (lambda v: isinstance(v, bool), "true or false"),
     "density.trim": (lambda v: _num(v) and 0 <= v < 0.5, "a number in [0, 0.5)"),
     "density.batch_size": (_pos_int, "a positive integer"),
