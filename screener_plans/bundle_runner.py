@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from screener_plans.errors import ScreenerError
+from screener_plans.layout import checkpoint_dir, model_path, plans_file, stage_dir
 from screener_plans.log_setup import root_logger_kept
 
 STAGE_BUNDLES = {"descriptor": "screener_descriptor", "condition": "screener_condition", "density": "screener_density"}
@@ -13,8 +14,7 @@ STAGE_BUNDLES = {"descriptor": "screener_descriptor", "condition": "screener_con
 
 def stage_started(run_dir, stage: str) -> bool:
     """Whether a stage of the run has a model or a checkpoint (trained, or training begun)."""
-    d = Path(run_dir) / stage
-    return (d / "models" / "model.pt").exists() or any((d / "checkpoints").glob("checkpoint_*.pt"))
+    return model_path(run_dir, stage).exists() or any(checkpoint_dir(run_dir, stage).glob("checkpoint_*.pt"))
 
 
 def bundles_root() -> Path:
@@ -100,9 +100,9 @@ def train_stage(
     if stage not in STAGE_BUNDLES:
         raise ScreenerError(f"--stage must be one of {', '.join(STAGE_BUNDLES)}, got {stage!r}")
     run_dir = Path(run_dir)
-    plans_file = run_dir / "plans.json"
-    if not plans_file.exists():
-        raise ScreenerError(f"{plans_file}: plans file not found (run `screener plan DATA_DIR {run_dir}` first)")
+    plans = plans_file(run_dir)
+    if not plans.exists():
+        raise ScreenerError(f"{plans}: plans file not found (run `screener plan DATA_DIR {run_dir}` first)")
     extra = (
         {"condition": condition, "density": density, "features": features, "intensity_prior": intensity_prior}
         if stage == "density"
@@ -110,11 +110,11 @@ def train_stage(
     )
     run_bundle(
         STAGE_BUNDLES[stage],
-        plans_file=str(plans_file),
-        output_dir=str(run_dir / stage),
+        plans_file=str(plans),
+        output_dir=str(stage_dir(run_dir, stage)),
         max_steps=max_steps,
         device=device,
         resume=resume,
         **extra,
     )
-    return run_dir / stage / "models" / "model.pt"
+    return model_path(run_dir, stage)

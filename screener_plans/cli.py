@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from screener_plans.errors import ScreenerError
 from screener_plans.io_utils import remove_dirs_left_empty
+from screener_plans.layout import plans_file
 from screener_plans.log_setup import log_to_stderr, root_logger_kept
 from screener_plans.options import as_bool, as_number, check_device
 
@@ -46,7 +46,7 @@ class Screener:
                 sizes, slice thickness, noise, organ shapes and contrast phases; the quality
                 benchmark's unseen test set).
         """
-        from screener_plans.data.synthetic import make_synthetic_dataset
+        from screener_plans.synthetic.phantoms import make_synthetic_dataset
 
         # counts are checked by make_synthetic_dataset, before anything is written
         info = make_synthetic_dataset(
@@ -115,9 +115,11 @@ class Screener:
             skip_bad: go on past scans that cannot be used.
         """
         from screener_plans.data.preprocess import preprocess
+        from screener_plans.planning.plans import load_plans
 
         summary = preprocess(
             run_dir,
+            load_plans(plans_file(run_dir)),
             data_dir=data_dir,
             workers=as_number(workers, "workers", int, minimum=0),
             skip_bad=as_bool(skip_bad, "skip-bad"),
@@ -430,7 +432,7 @@ def _default_stage(run_dir) -> str:
     from screener_plans.engines.models import scorer_stages
     from screener_plans.planning.plans import load_plans
 
-    d = load_plans(Path(run_dir) / "plans.json")["density"]
+    d = load_plans(plans_file(run_dir))["density"]
     features = d.get("features", "descriptor")
     stages = scorer_stages({"features": features, "condition": d["condition"]})
     if stages[0] == "descriptor":

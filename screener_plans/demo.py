@@ -54,10 +54,10 @@ def run_demo(
     out_dir="screener_demo", budget_minutes: float = 10.5, cases: int | None = None, device: str = "auto"
 ) -> str:
     """Run the demo end to end in ``out_dir``; returns the report printed to the console."""
-    from screener_plans.data.synthetic import make_synthetic_dataset
     from screener_plans.inference.predict import predict
     from screener_plans.metrics import evaluate
     from screener_plans.pipeline import plan_and_train
+    from screener_plans.synthetic.phantoms import make_synthetic_dataset
 
     t0 = time.monotonic()
     out = Path(out_dir)

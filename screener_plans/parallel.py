@@ -31,6 +31,15 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def default_workers() -> int:
+    """Worker processes: one per CPU, capped by memory (about 3 GB per worker for big scans)."""
+    try:
+        avail_gb = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (ValueError, OSError, AttributeError):
+        avail_gb = 8.0
+    return max(1, min(usable_cpus(), int(avail_gb // 3)))
+
+
 def worker_threads() -> int:
     """Threads for one volume's GIL-releasing work (scipy filters, gzip): the cores, at most 8;
     in a case-pool worker, its share of the cores, so N workers never run N x cores threads."""

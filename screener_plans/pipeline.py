@@ -14,6 +14,7 @@ from pathlib import Path
 
 from screener_plans.bundle_runner import stage_started
 from screener_plans.errors import ScreenerError
+from screener_plans.layout import model_path, plans_file
 
 logger = logging.getLogger("screener")
 
@@ -135,11 +136,11 @@ def plan_and_train(
     if budget_minutes and budget_minutes * 60 <= CALIBRATION_RESERVE_S + MIN_TRAINING_S:
         raise ScreenerError(f"--budget-minutes {budget_minutes:g} leaves no time for training (give at least 2)")
     run_dir = Path(run_dir)
-    plans_file = run_dir / "plans.json"
-    if plans_file.exists():
-        plans = load_plans(plans_file)
-        _refuse_changed_overrides(plans, overrides, plans_file)
-        logger.info("using existing %s (delete it to plan again)", plans_file)
+    plans_path = plans_file(run_dir)
+    if plans_path.exists():
+        plans = load_plans(plans_path)
+        _refuse_changed_overrides(plans, overrides, plans_path)
+        logger.info("using existing %s (delete it to plan again)", plans_path)
     else:
         plans = plan(data_dir, run_dir, device=device, overrides=overrides, skip_bad=skip_bad, workers=workers)
     # validates every choice; a contradictory one (--intensity-prior true with the descriptor
@@ -161,10 +162,10 @@ def plan_and_train(
             )
         else:
             _apply_budget(run_dir, plans, stages, budget_minutes, time.monotonic() - t0, device)
-    save_plans(plans, plans_file)
+    save_plans(plans, plans_path)
     dev = None if device == "auto" else device
     for stage in stages:
-        if (run_dir / stage / "models" / "model.pt").exists():
+        if model_path(run_dir, stage).exists():
             logger.info("%s already trained", stage)
             continue
         train_stage(run_dir, stage, device=dev)

@@ -39,7 +39,7 @@ def test_synthetic_cases_are_regenerated_from_their_seeds(tool, tmp_path):
     """Every test scan's kind and tissue maps come back from its phantom seed and match its label."""
     import nibabel as nib
 
-    from screener_plans.data.synthetic import make_synthetic_dataset
+    from screener_plans.synthetic.phantoms import make_synthetic_dataset
 
     make_synthetic_dataset(
         tmp_path, cases=4, seed=3, test_cases=2, progress=False, shape=(72, 72, 40), spacing=(4.5, 4.5, 5.0)

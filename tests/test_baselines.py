@@ -20,9 +20,9 @@ from screener_plans.baselines.autoencoder import crop_batch, gaussian_smooth, re
 from screener_plans.baselines.intensity import bin_index
 from screener_plans.data.dataset import CaseCache
 from screener_plans.data.preprocess import cached_cases, load_case, preprocess
-from screener_plans.data.synthetic import make_synthetic_dataset
 from screener_plans.inference.sliding import ScorerInferer
 from screener_plans.planning.planner import plan
+from screener_plans.synthetic.phantoms import make_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,7 @@ def test_only_monai_bundle_commands_are_checked():
         )
 
 
+@pytest.mark.slow
 def test_bundle_run_with_a_misspelled_override_stops_with_one_line(tmp_path):
     proc = subprocess.run(
         [

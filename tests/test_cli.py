@@ -89,6 +89,7 @@ def test_preprocess_without_plans(tmp_path, capsys):
     assert code == 2 and "plans file not found" in err
 
 
+@pytest.mark.slow
 def test_console_script_plans_and_preprocesses(ct_folder, tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "screener_plans.cli"]
@@ -122,6 +123,7 @@ def test_console_script_plans_and_preprocesses(ct_folder, tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr and "does not exist" in p.stderr
 
 
+@pytest.mark.slow
 def test_plan_and_train_trains_what_the_density_needs_and_resumes(ct_folder, tmp_path):
     """`screener plan-and-train` in one line: CT intensity + prior given the masked condition
     trains condition and density only, both learn, it calibrates, and a re-run resumes."""

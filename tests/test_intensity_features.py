@@ -17,10 +17,10 @@ from screener_plans.engines.models import (
     FeatureExtractor,
     build_density_model,
     density_config,
-    load_scorer,
-    model_path,
 )
 from screener_plans.errors import ScreenerError
+from screener_plans.inference.loader import load_scorer
+from screener_plans.layout import model_path
 from screener_plans.pipeline import stages_for
 
 

@@ -21,6 +21,8 @@ from run_utils import make_random_run
 
 from screener_plans.io_utils import temp_prefix
 
+pytestmark = pytest.mark.slow  # trains stages or kills subprocesses
+
 CLI = [sys.executable, "-m", "screener_plans.cli"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 

@@ -49,6 +49,7 @@ def _faults(mode: str) -> tuple[bool, int]:
     return kept == "True", int(n)
 
 
+@pytest.mark.slow
 def test_freed_tensor_memory_is_reused_without_page_faults():
     kept, with_setting = _faults("keep")
     if not kept:

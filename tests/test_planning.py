@@ -154,12 +154,14 @@ def test_bad_cases_stop_or_are_skipped(ct_folder, tmp_path):
     assert plans["dataset"]["n_cases"] == 4 and len(plans["dataset"]["skipped"]) == 2
 
 
+@pytest.mark.slow
 def test_parallel_workers_give_same_fingerprint(ct_folder, tmp_path):
     a = build_fingerprint(ct_folder, tmp_path / "a", workers=1, progress=False)
     b = build_fingerprint(ct_folder, tmp_path / "b", workers=2, progress=False)
     assert a["pooled_hu"] == b["pooled_hu"] and a["cases"] == b["cases"]
 
 
+@pytest.mark.slow
 def test_case_pool_workers_share_the_cores(monkeypatch):
     """N preprocessing workers each get cores / N threads for their volume's work, not all cores."""
     from screener_plans import parallel

@@ -43,7 +43,7 @@ def _maps(folder):
 def test_channels_last_keeps_the_maps(env):
     from screener_plans.data.preprocess import preprocess_image
     from screener_plans.data.readers import find_cases, read_case
-    from screener_plans.engines.models import load_scorer
+    from screener_plans.inference.loader import load_scorer
     from screener_plans.inference.sliding import ScorerInferer
 
     plans = env["plans"]
@@ -64,7 +64,7 @@ def test_single_window_batches_are_scored_in_pairs_with_the_same_maps(env):
     copies on CPU, where conv3d is slow for a batch of one; the map is the one-window map."""
     from screener_plans.data.preprocess import preprocess_image
     from screener_plans.data.readers import find_cases, read_case
-    from screener_plans.engines.models import load_scorer
+    from screener_plans.inference.loader import load_scorer
     from screener_plans.inference.sliding import ScorerInferer
 
     plans = env["plans"]
@@ -85,12 +85,13 @@ def test_single_window_batches_are_scored_in_pairs_with_the_same_maps(env):
     assert span > 0 and float(np.abs(got - ref).max()) <= TOLERANCE * span
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlap", [True, False])
 def test_folder_pipeline_matches_case_by_case(env, tmp_path, overlap):
     """Over a folder, with background reading/writing threads or without, the maps are those of
     scoring each case alone."""
     from screener_plans.data.readers import find_cases
-    from screener_plans.engines.models import load_scorer
+    from screener_plans.inference.loader import load_scorer
     from screener_plans.inference.predict import Predictor
 
     plans = env["plans"]
@@ -107,11 +108,12 @@ def test_folder_pipeline_matches_case_by_case(env, tmp_path, overlap):
         np.testing.assert_array_equal(a[name], b[name])
 
 
+@pytest.mark.slow
 def test_rerun_skips_only_what_the_same_model_wrote(env, tmp_path):
     """Cases already scored are skipped on a re-run, but not when another model (or another
     calibration) wrote them: that is refused, and --overwrite replaces them."""
-    from screener_plans.engines.models import load_scorer
     from screener_plans.errors import ScreenerError
+    from screener_plans.inference.loader import load_scorer
     from screener_plans.inference.predict import Predictor
 
     plans = env["plans"]
@@ -133,8 +135,8 @@ def test_output_folder_holding_the_inputs_is_refused(env, tmp_path):
     """`screener predict RUN DIR DIR` would replace each CT by its anomaly map: refused, untouched."""
     import shutil
 
-    from screener_plans.engines.models import load_scorer
     from screener_plans.errors import ScreenerError
+    from screener_plans.inference.loader import load_scorer
     from screener_plans.inference.predict import Predictor
 
     inout = tmp_path / "inout"
@@ -165,6 +167,7 @@ def test_background_threads_only_where_they_have_a_core(monkeypatch):
     assert overlap_io(torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_torchrun_shards_cases_across_ranks(env, tmp_path):
     out = tmp_path / "out"
     env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -67,6 +67,7 @@ def test_plans_from_another_schema_version_are_refused(tmp_path):
         load_plans(tmp_path / "plans.json")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bundle", ["screener_descriptor", "screener_density"])
 def test_monai_bundle_run_reports_a_screener_error_in_one_line(tmp_path, bundle):
     """MONAI wraps a config expression's error in two tracebacks; the bundles print the problem."""

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from screener_plans.data.phantom_anatomy import Tissue
-from screener_plans.data.synthetic import (
+from screener_plans.errors import ScreenerError
+from screener_plans.synthetic.anatomy import Tissue
+from screener_plans.synthetic.phantoms import (
     LESION_KINDS,
     _sample_case,
     make_phantom,
     make_synthetic,
     make_synthetic_dataset,
 )
-from screener_plans.errors import ScreenerError
 
 SMALL = dict(shape=(72, 72, 40), spacing=(4.5, 4.5, 5.0))
 
@@ -201,7 +201,7 @@ def test_dataset_rewrite_and_refuse_foreign_folder(tmp_path):
 
 
 def test_cli_wrapper(tmp_path, monkeypatch):
-    import screener_plans.data.synthetic as syn
+    import screener_plans.synthetic.phantoms as syn
 
     real = syn.make_phantom
     monkeypatch.setattr(
@@ -215,6 +215,7 @@ def test_cli_wrapper(tmp_path, monkeypatch):
     assert meta["seed"] == 4 and meta["test"][0]["lesions"]
 
 
+@pytest.mark.slow
 def test_shifted_family_is_another_distribution_with_documented_ranges():
     """The quality benchmark's unseen test family: deterministic, distinct from the standard one
     for the same seed, organ masses 15-60 HU above or below their host, thin to thick slices."""

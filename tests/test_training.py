@@ -16,8 +16,11 @@ import torch
 
 from screener_plans.bundle_runner import train_stage
 from screener_plans.data.preprocess import preprocess
-from screener_plans.data.synthetic import make_phantom, make_synthetic_dataset
 from screener_plans.planning.planner import plan
+from screener_plans.planning.plans import load_plans
+from screener_plans.synthetic.phantoms import make_phantom, make_synthetic_dataset
+
+pytestmark = pytest.mark.slow  # trains stages or kills subprocesses
 
 SMALL = [
     "crop_size=[32, 32, 32]",
@@ -43,7 +46,7 @@ def tiny_run(tmp_path_factory):
     )
     run = root / "run"
     plan(root / "data" / "train", run, device="cpu", overrides=SMALL, workers=1, progress=False)
-    preprocess(run, workers=1, progress=False)
+    preprocess(run, load_plans(run / "plans.json"), workers=1, progress=False)
     train_stage(run, "descriptor", max_steps=60)
     train_stage(run, "condition", max_steps=60)
     return run
@@ -93,7 +96,6 @@ def _knn_accuracy(train_x, train_y, test_x, test_y, k=5):
 
 def test_descriptors_carry_anatomy(tiny_run):
     from screener_plans.engines.models import load_stage_network
-    from screener_plans.planning.plans import load_plans
 
     plans = load_plans(tiny_run / "plans.json")
     net = load_stage_network(tiny_run, plans, "descriptor")
@@ -305,9 +307,9 @@ def _assert_stale_models_are_refused(tiny_run, run):
     both are refused with what to run (not silently scored with mismatched parts)."""
     import shutil
 
-    from screener_plans.engines.models import load_scorer
     from screener_plans.errors import ScreenerError
     from screener_plans.inference.calibration import calibration_is_current, load_threshold
+    from screener_plans.inference.loader import load_scorer
 
     plans = json.loads((run / "plans.json").read_text())
     assert calibration_is_current(run) and load_threshold(run) is not None

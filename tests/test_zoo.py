@@ -24,9 +24,10 @@ from run_utils import make_random_run as _make_run
 
 from screener_plans.cli import main
 from screener_plans.errors import ScreenerError
+from screener_plans.inference.loader import load_run_scorer
 from screener_plans.zoo import export_torchscript, fetch, list_models, load_torchscript_scorer, publish
 from screener_plans.zoo.index import INDEX_NAME
-from screener_plans.zoo.layout import default_bundle_root, load_run_scorer
+from screener_plans.zoo.layout import default_bundle_root
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "bundles" / "schema" / "meta_schema_20240725.json"
@@ -316,6 +317,7 @@ def test_verify_net_in_out(env, tmp_path):
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["chest", "chest-sincos"])
 def test_torchscript_matches_eager_and_predicts(env, tmp_path, model):
     from screener_plans.planning.plans import load_plans
@@ -396,6 +398,7 @@ def test_onnx_export_matches_eager(env, tmp_path):
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_torchscript_of_retrained_weights_is_refused_and_same_weights_are_one_model(env, tmp_path, capsys):
     """The same weights, eager or traced or published, are one model to `predict`'s re-runs; a
     TorchScript export made before a stage was retrained is refused, not used."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from screener_plans.data.synthetic import LESION_KINDS
+from screener_plans.synthetic.phantoms import LESION_KINDS
 
 KIND_IDS = {kind: i + 1 for i, kind in enumerate(LESION_KINDS)}  # 0: not a lesion
 
@@ -65,7 +65,7 @@ def auroc_breakdown(scores, lesion, lesion_group, normal_group) -> dict:
 def voxel_groups(data: Path, entry: dict, label: np.ndarray, family: str = "standard") -> tuple[np.ndarray, np.ndarray]:
     """(lesion kind id, tissue class) of every voxel of test case ``entry``, regenerated from its
     phantom seed; refuses a phantom whose lesions are not the label file's."""
-    from screener_plans.data.synthetic import make_phantom
+    from screener_plans.synthetic.phantoms import make_phantom
 
     tries = ({}, {"shape": tuple(entry["shape"]), "spacing": tuple(entry["spacing"])})
     for kwargs in tries:  # default grid first; a data set made with --shape forced its grid

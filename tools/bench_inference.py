@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np, torch
 from monai.inferers import sliding_window_inference
 from screener_plans.data.readers import find_cases
-from screener_plans.engines.device import amp_dtype, autocast, resolve_device
-from screener_plans.engines.models import load_scorer
+from screener_plans.device import amp_dtype, autocast, resolve_device
+from screener_plans.inference.loader import load_scorer
 from screener_plans.inference.executors import overlap_io
 from screener_plans.inference.calibration import load_threshold
 from screener_plans.inference.predict import Predictor
@@ -146,7 +146,7 @@ print("RESULT " + json.dumps({
 def make_scan(folder: Path, shape, spacing) -> Path:
     import nibabel as nib
 
-    from screener_plans.data.synthetic import make_phantom
+    from screener_plans.synthetic.phantoms import make_phantom
 
     path = folder / "scan.nii.gz"
     if not path.exists():

@@ -34,11 +34,12 @@ def run_subset(data: Path, n: int, work: Path, workers: int) -> dict:
 import json, time, sys
 from screener_plans.memory import peak_rss_mb
 from screener_plans.planning.planner import plan
+from screener_plans.planning.plans import load_plans
 from screener_plans.data.preprocess import preprocess
 t0 = time.perf_counter()
 plan({str(subset)!r}, {str(run)!r}, device='cpu', workers={workers}, progress=False)
 t1 = time.perf_counter()
-s = preprocess({str(run)!r}, workers={workers}, progress=False)
+s = preprocess({str(run)!r}, load_plans({str(run / "plans.json")!r}), workers={workers}, progress=False)
 t2 = time.perf_counter()
 fp = json.load(open({str(run / "fingerprint.json")!r}))
 print(json.dumps({{"plan_s": t1 - t0, "preprocess_s": t2 - t1, "done": s["done"],
@@ -59,7 +60,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/screener_bench_planning"))
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
-    from screener_plans.data.synthetic import make_synthetic_dataset
+    from screener_plans.synthetic.phantoms import make_synthetic_dataset
 
     data = args.out / "synthetic"
     if not (data / "dataset.json").exists():

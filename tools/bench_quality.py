@@ -207,8 +207,8 @@ def link_run(variant_dir: Path, base: Path, links) -> Path:
 
 
 def make_data(args) -> Path:
-    from screener_plans.data.synthetic import make_synthetic_dataset
     from screener_plans.errors import ScreenerError
+    from screener_plans.synthetic.phantoms import make_synthetic_dataset
 
     data = args.out / "data"
     meta_path = data / "dataset.json"
@@ -341,7 +341,7 @@ def train_variant(variant: str, vrun: Path, plans: dict, args, timings: Timings)
 
 def load_variant_scorer(variant: str, vrun: Path, plans: dict):
     from screener_plans.baselines import IntensityBaseline, autoencoder_scorer, load_autoencoder
-    from screener_plans.engines.models import load_scorer
+    from screener_plans.inference.loader import load_scorer
 
     if variant == "intensity":
         return IntensityBaseline.load(variant_model(variant, vrun)).scorer()
@@ -352,7 +352,7 @@ def load_variant_scorer(variant: str, vrun: Path, plans: dict):
 
 def predict_variant(variant: str, vrun: Path, plans: dict, data: Path, args, timings: Timings) -> Path:
     """Calibrate, then write anomaly maps of the test scans exactly as ``screener predict`` does."""
-    from screener_plans.engines.device import resolve_device
+    from screener_plans.device import resolve_device
     from screener_plans.errors import ScreenerError
     from screener_plans.inference.calibration import calibrate, calibration_is_current, calibration_path, load_threshold
     from screener_plans.inference.predict import Predictor
@@ -598,6 +598,8 @@ def write_report(args, plans: dict, data: Path, rows: list[dict], timings: Timin
             "window": plans["intensity"]["window"],
             "default": default,
             "overlap": plans["inference"]["overlap"],
+            "windows_hu": plans["network"].get("windows_hu", []),
+            "smooth_mm": plans["inference"].get("smooth_mm", 0.0),
         },
         "rows": rows,
         "target": check,

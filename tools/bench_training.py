@@ -79,8 +79,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/screener_bench_training"))
     args = ap.parse_args()
     from screener_plans.data.preprocess import preprocess
-    from screener_plans.data.synthetic import make_synthetic_dataset
     from screener_plans.planning.planner import plan
+    from screener_plans.synthetic.phantoms import make_synthetic_dataset
 
     data = args.out / "data"
     if not (data / "dataset.json").exists():

@@ -169,8 +169,8 @@ def train_autoencoder(
     The returned model is in eval mode and has ``losses`` (the training loss of every step).
     """
     from screener_plans.data.dataset import CaseCache, training_cases
-    from screener_plans.engines.bundle import warmup_fraction
-    from screener_plans.engines.device import resolve_device
+    from screener_plans.device import resolve_device
+    from screener_plans.planning.plans import warmup_fraction
 
     steps = int(steps)
     if steps < 1:

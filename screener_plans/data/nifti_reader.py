@@ -13,7 +13,7 @@ from monai.data import NibabelReader
 from monai.data.utils import correct_nifti_header_if_necessary
 from monai.utils import ensure_tuple
 
-from screener_plans.data.readers import is_nifti2
+from screener_plans.data.nifti_header import is_nifti2
 from screener_plans.gzip_codec import decompress
 
 

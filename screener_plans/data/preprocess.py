@@ -23,8 +23,9 @@ from screener_plans.data.geometry import fortran_ordered, resampled_shape, to_ra
 from screener_plans.data.readers import CaseImage, CaseSource, case_name, find_cases, read_case
 from screener_plans.errors import BadCaseError, ScreenerError
 from screener_plans.io_utils import make_readable, sweep_stale_temporaries, temp_prefix
+from screener_plans.layout import case_dir, preprocessed_dir
 from screener_plans.memory import peak_rss_mb
-from screener_plans.parallel import map_cases, worker_threads
+from screener_plans.parallel import default_workers, map_cases, worker_threads
 from screener_plans.progress import Progress
 
 CACHE_VERSION = 1
@@ -178,10 +179,6 @@ def preprocess_image(img: CaseImage, plans: dict) -> tuple[np.ndarray, np.ndarra
     return image, mask[box].astype(np.uint8), meta
 
 
-def case_dir(run_dir: str | Path, name: str) -> Path:
-    return Path(run_dir) / "preprocessed" / name
-
-
 def is_done(out: Path, key: dict, source: dict | None = None) -> bool:
     """A case is done when its folder is complete and was made with the same plans values (and,
     given its ``source`` signature, from the same unchanged file)."""
@@ -253,23 +250,19 @@ def cached_cases(run_dir: str | Path, plans: dict) -> list[str]:
 
 def preprocess(
     run_dir: str | Path,
-    plans: dict | None = None,
+    plans: dict,
     data_dir: str | Path | None = None,
     workers: int = 0,
     progress: bool = True,
     skip_bad: bool = False,
 ) -> dict:
-    """Preprocess every planned case in parallel; skips cases already cached with the same plans.
+    """Preprocess every case of ``plans`` (the run's plans.json) in parallel; skips cases already cached.
 
     Every readable case is cached before a bad one is reported, so nothing is lost: without
     ``skip_bad`` a bad case then raises ``ScreenerError`` naming it; with it, bad cases are
     only listed in the summary's ``errors``.
     """
-    from screener_plans.planning.fingerprint import default_workers
-    from screener_plans.planning.plans import load_plans
-
     run_dir = Path(run_dir)
-    plans = plans or load_plans(run_dir / "plans.json")
     data_dir = Path(data_dir or plans["dataset"]["data_dir"])
     wanted = set(plans["dataset"]["cases"])
     found, bad = find_cases(data_dir, with_bad=True)
@@ -286,7 +279,7 @@ def preprocess(
         raise ScreenerError(
             f"{data_dir}: {len(missing)} planned case(s) are gone, e.g. {missing[0]}; re-run `screener plan`"
         )
-    sweep_stale_temporaries(run_dir / "preprocessed")
+    sweep_stale_temporaries(preprocessed_dir(run_dir))
     bar = Progress(len(cases), "preprocess", enabled=progress)
     workers = workers or default_workers()
     results = []

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from screener_plans.data.nifti_header import is_nifti2, is_nifti_header
 from screener_plans.errors import BadCaseError, ScreenerError
 
 logger = logging.getLogger(__name__)
@@ -339,18 +340,6 @@ def diagnose_unreadable(path: str) -> str | None:
         except Exception as e:
             return f"corrupt or truncated file (pixel data unreadable: {type(e).__name__})"
     return None
-
-
-def is_nifti_header(head: bytes) -> bool:
-    """True when 4 bytes start a NIfTI-1 or NIfTI-2 header (``sizeof_hdr`` 348 or 540)."""
-    return len(head) >= 4 and (
-        int.from_bytes(head[:4], "little") in (348, 540) or int.from_bytes(head[:4], "big") in (348, 540)
-    )
-
-
-def is_nifti2(head: bytes) -> bool:
-    """True when a NIfTI file's first 4 bytes (``sizeof_hdr``) say NIfTI-2 (540, either endianness)."""
-    return 540 in (int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big"))
 
 
 def _raw_nifti_pixdim(path: str) -> list[float] | None:

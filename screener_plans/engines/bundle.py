@@ -7,7 +7,9 @@ from pathlib import Path
 import torch
 
 from screener_plans.errors import ScreenerError
+from screener_plans.layout import plans_file
 from screener_plans.options import as_number
+from screener_plans.planning.plans import warmup_fraction  # noqa: F401  (the bundle configs call it from here)
 
 
 def load_stage_plans(plans_file) -> dict:
@@ -50,11 +52,6 @@ def loader_workers(device: torch.device, requested=None) -> int:
     return 1 if cpus <= 4 else min(4, cpus // 4)
 
 
-def warmup_fraction(plans: dict, steps: int) -> float:
-    """One-cycle warm-up share: the plans' value, but at least two steps (OneCycleLR needs one)."""
-    return min(0.5, max(float(plans["optim"]["warmup_fraction"]), 2.0 / max(1, int(steps))))
-
-
 def required(value, key: str):
     """``value`` of a required bundle override, or a clear error naming ``--key``."""
     if value in (None, ""):
@@ -65,7 +62,7 @@ def required(value, key: str):
 def run_plans_file(run_dir) -> str:
     """``RUN/plans.json`` of ``--run_dir``."""
     required(run_dir, "run_dir")
-    return str(Path(run_dir) / "plans.json")
+    return str(plans_file(run_dir))
 
 
 def schedule_steps(steps: int) -> int:

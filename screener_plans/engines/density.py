@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from screener_plans.engines.device import amp_dtype, autocast, channels_last
+from screener_plans.device import amp_dtype, autocast, channels_last
 from screener_plans.engines.models import Scorer, build_density_model, build_features, density_config, upstream_digests
 from screener_plans.engines.steps import NonFiniteGuard, optimizer_step
 

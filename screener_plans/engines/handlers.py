@@ -23,14 +23,14 @@ from pathlib import Path
 import torch
 from ignite.engine import Events
 
-from screener_plans.engines.device import is_main_process, unwrap
+from screener_plans.device import is_main_process, unwrap
 from screener_plans.errors import ScreenerError
 from screener_plans.io_utils import atomic_path, sweep_stale_temporaries, write_json
+from screener_plans.layout import TRAINING_RECORD
 from screener_plans.options import as_bool
 
 logger = logging.getLogger("screener.train")
 CKPT_RE = re.compile(r"checkpoint_(\d+)\.pt$")
-TRAINING_RECORD = "training.json"  # beside models/model.pt: the steps it was trained
 
 
 def _fmt_eta(seconds: float) -> str:

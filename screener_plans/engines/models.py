@@ -13,6 +13,7 @@ from torch import nn
 from screener_plans.choices import CONDITIONS, DENSITIES, FEATURES
 from screener_plans.errors import ScreenerError
 from screener_plans.io_utils import sha256_file, write_json
+from screener_plans.layout import density_config_path, model_path, training_record_path
 from screener_plans.nets.shell_histogram import HISTOGRAM_BINS_HU, ShellHistogram
 from screener_plans.nets.structure import STRUCTURE_CHANNELS, LocalStructure
 from screener_plans.nets.surround import DIRECTIONS, SurroundContext
@@ -25,10 +26,6 @@ STRUCTURE_SIGMA = 1.0  # voxels of the planned grid
 SURROUND = {"radii_mm": [30.0], "box_mm": 8.0}
 # the histogram condition's shell (nets/shell_histogram.py)
 SHELL = {"inner_mm": 10.0, "outer_mm": 25.0}
-
-
-def model_path(run_dir, stage: str) -> Path:
-    return Path(run_dir) / stage / "models" / "model.pt"
 
 
 def file_digest(path: Path) -> str | None:
@@ -66,12 +63,11 @@ def scorer_stages(cfg: dict) -> list[str]:
 
 def trained_steps(run_dir, cfg: dict) -> dict:
     """``{stage: steps trained}`` of the stages the scorer uses (None where a run predates the record)."""
-    from screener_plans.engines.handlers import TRAINING_RECORD
 
     steps = {}
     for stage in scorer_stages(cfg):
         try:
-            steps[stage] = int(json.loads((model_path(run_dir, stage).parent / TRAINING_RECORD).read_text())["steps"])
+            steps[stage] = int(json.loads(training_record_path(run_dir, stage).read_text())["steps"])
         except (OSError, ValueError, KeyError, TypeError):
             steps[stage] = None
     return steps
@@ -387,27 +383,5 @@ def build_untrained_features(plans: dict, cfg: dict) -> FeatureExtractor:
     return feature_extractor(cfg, lambda stage: build_stage_network(plans, stage))
 
 
-def density_config_path(run_dir) -> Path:
-    return Path(run_dir) / "density" / "models" / "density_config.json"
-
-
 def save_density_config(run_dir, cfg: dict) -> None:
     write_json(density_config_path(run_dir), cfg)
-
-
-def load_scorer(run_dir, plans: dict) -> Scorer:
-    """The trained scorer of a run (all three stages), frozen, on CPU."""
-    cfg_path = density_config_path(run_dir)
-    if not cfg_path.exists():
-        raise ScreenerError(
-            f"{cfg_path}: density model not found; train it first (`screener train {run_dir} --stage density`)"
-        )
-    cfg = json.loads(cfg_path.read_text())
-    check_preprocessing(cfg, plans, cfg_path)
-    check_upstream(run_dir, cfg)
-    features = build_features(run_dir, plans, cfg)
-    path = model_path(run_dir, "density")
-    density = load_into(build_density_model(cfg), load_state(path, "density"), path, "density")
-    scorer = freeze(Scorer(features, density))
-    scorer.weights_id = run_weights_id(run_dir, cfg)
-    return scorer

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from screener_plans.data.pairs import gather_descriptors
-from screener_plans.engines.device import amp_dtype, autocast, channels_last
+from screener_plans.device import amp_dtype, autocast, channels_last
 from screener_plans.engines.steps import NonFiniteGuard, optimizer_step
 from screener_plans.planning.planner import network_preset
 

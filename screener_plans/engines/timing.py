@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from screener_plans.engines.device import amp_dtype, autocast, resolve_device
+from screener_plans.device import amp_dtype, autocast, resolve_device
 
 
 def _ssl_step_fn(run_dir, plans, stage, device):

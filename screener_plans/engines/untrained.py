@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from screener_plans.io_utils import write_json
+from screener_plans.layout import calibration_path, plans_file
 
 
 def write_untrained_run(
@@ -35,7 +36,7 @@ def write_untrained_run(
     run = Path(run_dir)
     cfg = density_config(plans, condition, density, features, intensity_prior)
     plans = with_density_choices(plans, cfg)
-    save_plans(plans, run / "plans.json")
+    save_plans(plans, plans_file(run))
     torch.manual_seed(seed)
     for stage in ("descriptor", "condition"):
         model_path(run, stage).parent.mkdir(parents=True, exist_ok=True)
@@ -49,5 +50,5 @@ def write_untrained_run(
     model_path(run, "density").parent.mkdir(parents=True, exist_ok=True)
     torch.save(dens.state_dict(), model_path(run, "density"))
     save_density_config(run, {**cfg, "preprocessing": preprocessing_of(plans)})
-    write_json(run / "calibration.json", {"threshold": threshold, "quantile": 0.999, "cases": []})
+    write_json(calibration_path(run), {"threshold": threshold, "quantile": 0.999, "cases": []})
     return run

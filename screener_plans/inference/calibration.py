@@ -19,6 +19,7 @@ from screener_plans.errors import ScreenerError
 from screener_plans.inference.sliding import build_inferer
 from screener_plans.inference.smoothing import smooth_in_body
 from screener_plans.io_utils import write_json
+from screener_plans.layout import calibration_path, plans_file
 from screener_plans.metrics.binning import DEFAULT_BINS, ScoreBinning, ScoreRange
 from screener_plans.progress import Progress
 
@@ -187,10 +188,6 @@ def calibrate_threshold(score_maps, quantile: float = 0.999, bins: int = DEFAULT
 # ----------------------------------------------------------------------------- a run's calibration.json
 
 
-def calibration_path(run_dir) -> Path:
-    return Path(run_dir) / "calibration.json"
-
-
 def _read_calibration(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
@@ -216,7 +213,7 @@ def smooth_mm(plans: dict) -> float:
 def _planned_smoothing(run_dir) -> float:
     from screener_plans.planning.plans import load_plans
 
-    return smooth_mm(load_plans(Path(run_dir) / "plans.json"))
+    return smooth_mm(load_plans(plans_file(run_dir)))
 
 
 def _made_with_present_smoothing(run_dir, calibration: dict) -> bool:
@@ -269,11 +266,11 @@ def calibrate(
     """Score up to ``max_cases`` training scans and store the body-voxel score quantile as threshold."""
     from screener_plans.data.dataset import training_cases
     from screener_plans.data.preprocess import load_case
-    from screener_plans.engines.device import resolve_device
-    from screener_plans.engines.models import load_scorer
+    from screener_plans.device import resolve_device
+    from screener_plans.inference.loader import load_scorer
     from screener_plans.planning.plans import load_plans
 
-    plans = plans or load_plans(Path(run_dir) / "plans.json")
+    plans = plans or load_plans(plans_file(run_dir))
     device = resolve_device(device)
     scorer = (scorer or load_scorer(run_dir, plans)).to(device)
     inferer = build_inferer(plans, device)

@@ -33,7 +33,7 @@ def dense_features(plans_file, stage: str, image, output, model_file=None, devic
     from screener_plans.data.checks import validate_ct
     from screener_plans.data.preprocess import preprocess_image
     from screener_plans.data.readers import find_cases, read_case
-    from screener_plans.engines.device import resolve_device
+    from screener_plans.device import resolve_device
     from screener_plans.engines.models import load_stage_network
     from screener_plans.io_utils import atomic_path
     from screener_plans.planning.plans import load_plans

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from screener_plans.engines.device import launch_rank_world
+from screener_plans.device import launch_rank_world
 from screener_plans.errors import BadCaseError, ScreenerError
 
 # the calibration names stay importable from here: scripts and the inference bundle use them
@@ -31,6 +31,7 @@ from screener_plans.inference.executors import InlineExecutor, overlap_io
 from screener_plans.inference.sliding import build_inferer
 from screener_plans.inference.smoothing import smooth_in_body
 from screener_plans.io_utils import ensure_writable_dir, sweep_stale_temporaries
+from screener_plans.layout import plans_file
 from screener_plans.options import as_bool
 from screener_plans.progress import Progress
 
@@ -292,11 +293,11 @@ def predict(
 
     ``torchscript``: True for ``run_dir/models/model.ts``, or the path of a TorchScript export.
     """
-    from screener_plans.engines.device import resolve_device
+    from screener_plans.device import resolve_device
+    from screener_plans.inference.loader import load_run_scorer
     from screener_plans.planning.plans import load_plans
-    from screener_plans.zoo.layout import load_run_scorer
 
-    plans = load_plans(Path(run_dir) / "plans.json")
+    plans = load_plans(plans_file(run_dir))
     device = resolve_device(device)
     scorer = load_run_scorer(run_dir, plans, torchscript)
     predictor = Predictor(

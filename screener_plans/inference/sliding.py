@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from screener_plans.engines.device import amp_dtype, autocast, channels_last
+from screener_plans.device import amp_dtype, autocast, channels_last
 from screener_plans.memory import keep_freed_memory
 
 

@@ -25,33 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from screener_plans.presets import NETWORK_PRESETS
+
 from .heads import Expander, Projector
 from .unet import DenseUNet
-
-NETWORK_PRESETS: dict[str, dict[str, Any]] = {
-    # Trains on 2 CPU cores in minutes on 32^3 crops (about 0.43 M parameters).
-    "tiny": {
-        "channels": (8, 16, 32, 64),
-        "blocks_per_level": 1,
-        "out_channels": 32,
-        "norm": "batch",
-        "expander_width": 512,
-        "expander_layers": 3,
-        "projector_hidden": 256,
-        "projector_out": 128,
-    },
-    # About the size of the paper's vox2vec-style descriptor (about 12.8 M parameters), for GPUs.
-    "base": {
-        "channels": (16, 32, 64, 128, 256),
-        "blocks_per_level": 2,
-        "out_channels": 32,
-        "norm": "batch",
-        "expander_width": 8192,
-        "expander_layers": 3,
-        "projector_hidden": 512,
-        "projector_out": 128,
-    },
-}
 
 _NET_KEYS = ("channels", "blocks_per_level", "out_channels", "norm")
 

@@ -21,7 +21,8 @@ from screener_plans.data.geometry import to_ras
 from screener_plans.data.readers import CaseSource, find_cases, read_case
 from screener_plans.errors import BadCaseError, ScreenerError
 from screener_plans.io_utils import make_dirs, write_json
-from screener_plans.parallel import map_cases
+from screener_plans.layout import fingerprint_file
+from screener_plans.parallel import default_workers, map_cases
 from screener_plans.progress import Progress
 
 FINGERPRINT_VERSION = 1
@@ -166,18 +167,6 @@ def compute_fingerprints(
     return [results[c.name] for c in cases]
 
 
-def default_workers() -> int:
-    """Worker processes: one per CPU, capped by memory (about 3 GB per worker for big scans)."""
-    from screener_plans.parallel import usable_cpus
-
-    cpus = usable_cpus()
-    try:
-        avail_gb = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
-    except (ValueError, OSError, AttributeError):
-        avail_gb = 8.0
-    return max(1, min(cpus, int(avail_gb // 3)))
-
-
 def pooled_statistics(fingerprints: list[dict]) -> dict:
     """Pooled body-HU percentiles (0.5, 99.5), mean and std over the per-case samples."""
     hist = np.zeros(HIST_HI - HIST_LO, dtype=np.int64)
@@ -251,5 +240,5 @@ def build_fingerprint(
         "worker_peak_rss_mb": max(fp.get("worker_peak_rss_mb", 0.0) for fp in good),
         "cases": [{k: v for k, v in fp.items() if k not in ("sample", "worker_peak_rss_mb")} for fp in good],
     }
-    write_json(run_dir / "fingerprint.json", fingerprint)
+    write_json(fingerprint_file(run_dir), fingerprint)
     return fingerprint

@@ -16,6 +16,7 @@ import numpy as np
 from screener_plans import __version__
 from screener_plans.errors import ScreenerError
 from screener_plans.io_utils import ensure_writable_dir
+from screener_plans.layout import plans_file
 from screener_plans.planning.plans import (
     PLANS_VERSION,
     apply_overrides,
@@ -23,55 +24,9 @@ from screener_plans.planning.plans import (
     parse_overrides,
     save_plans,
 )
+from screener_plans.presets import NETWORK_PRESETS, PRESET_PLANS
 
 ANISOTROPY_RATIO = 3.0
-
-# Per-preset knobs that are not derived from the data.
-PRESET_PLANS = {
-    "tiny": {
-        "max_crop": 48,
-        "min_spacing": 1.5,
-        "batch_size": 2,
-        "pairs_per_crop": 256,
-        "lr": 1e-3,
-        "d_desc": 32,
-        "d_cond": 24,
-        "steps": {"descriptor": 900, "condition": 500, "density": 300},
-        "density_batch": 4,
-        "checkpoint_every": 100,
-        # Extra input windows of the descriptor and condition networks (nets/windows.py): a
-        # soft-tissue window gives 20-40 HU organ masses full contrast, a lung/gas window keeps
-        # gas apart from fat (with the soft window alone a planted gas ball scored like normal
-        # tissue). Chosen on the dev and real sets (docs/benchmarks.md, "Dev log").
-        "windows_hu": [[-1000, -400], [-160, 240]],
-        # Chosen on the quality benchmark's dev set *and* its real-CT set (tools/bench_quality.py;
-        # docs/benchmarks.md): the paper's descriptor + masked condition + flow, with the smoothed
-        # intensity scored beside the descriptor given its local derivatives. The structure scorer
-        # alone (features structure, condition none, density mixture) is far better on phantoms,
-        # whose lesions differ from normal tissue by intensity only, but ranks real tumours below
-        # normal tissue; the descriptor path is the one ahead of both baselines on real scans.
-        "density": {
-            "kind": "flow",
-            "condition": "masked",
-            "features": "descriptor+structure",
-            "intensity_prior": False,
-        },
-    },
-    "base": {
-        "max_crop": 96,
-        "min_spacing": 1.0,
-        "batch_size": 8,
-        "pairs_per_crop": 1024,
-        "lr": 3e-4,
-        "d_desc": 32,
-        "d_cond": 36,
-        "steps": {"descriptor": 50000, "condition": 50000, "density": 20000},
-        "density_batch": 8,
-        "checkpoint_every": 1000,
-        # The paper's configuration (VICReg descriptor, masked condition, conditional flow).
-        "density": {"kind": "flow", "condition": "masked", "features": "descriptor", "intensity_prior": False},
-    },
-}
 
 
 def target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> np.ndarray:
@@ -94,17 +49,6 @@ def target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> np.ndarray:
         t = float(np.percentile(spacings[:, worst], 10))
         target[worst] = max(t, max(target[others]) + 1e-5)
     return target
-
-
-def detect_device(device: str) -> str:
-    """'auto' becomes 'cuda' when a GPU is visible, else 'cpu'."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise ScreenerError(f"--device must be auto, cpu or cuda, got {device!r}")
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def default_memory_gb(device: str) -> float:
@@ -151,8 +95,6 @@ def fit_crop_and_batch(
 
 def network_plan(preset: str, knobs: dict) -> dict:
     """The plans' ``network`` section: the preset's sizes plus descriptor/condition widths."""
-    from screener_plans.nets.presets import NETWORK_PRESETS
-
     net = copy.deepcopy(NETWORK_PRESETS[preset])
     net["channels"] = list(net["channels"])
     net.pop("out_channels", None)
@@ -303,7 +245,9 @@ def plan(
     _refuse_trained_run(Path(run_dir))
     run_dir = ensure_writable_dir(run_dir)
     fingerprint = build_fingerprint(data_dir, run_dir, workers=workers, skip_bad=skip_bad, progress=progress)
-    resolved = detect_device(device)
+    from screener_plans.device import device_kind  # imports torch: only when planning
+
+    resolved = device_kind(device)
     # These two change what is derived, so they go in before derivation.
     preset = overrides.pop("preset", None)
     seed = int(overrides.pop("seed", seed))
@@ -321,5 +265,5 @@ def plan(
     plans = apply_overrides(plans, overrides)
     if fingerprint["skipped"]:
         plans["dataset"]["skipped"] = fingerprint["skipped"]
-    save_plans(plans, run_dir / "plans.json")
+    save_plans(plans, plans_file(run_dir))
     return plans

@@ -185,6 +185,11 @@ def validate_plans(plans: dict, source: str = "plans") -> dict:
     return plans
 
 
+def warmup_fraction(plans: dict, steps: int) -> float:
+    """One-cycle warm-up share: the plans' value, but at least two steps (OneCycleLR needs one)."""
+    return min(0.5, max(float(plans["optim"]["warmup_fraction"]), 2.0 / max(1, int(steps))))
+
+
 def load_plans(path: str | Path) -> dict:
     """Read and validate ``plans.json``."""
     path = Path(path)

@@ -1,8 +1,10 @@
 """Model zoo: publish trained runs as MONAI bundle zips, list and fetch them, export TorchScript/ONNX."""
 
-from .export import PatchScorer, export_onnx, export_torchscript, load_torchscript_scorer
+from screener_plans.inference.loader import load_run_scorer, load_torchscript_scorer
+from screener_plans.layout import is_bundle
+
+from .export import PatchScorer, export_onnx, export_torchscript
 from .fetch import fetch
-from .layout import is_bundle, load_run_scorer
 from .publish import format_models, list_models, publish
 
 __all__ = [

@@ -22,22 +22,18 @@ import torch
 from torch import nn
 
 from screener_plans.errors import ScreenerError
-from screener_plans.zoo.layout import (
+from screener_plans.inference.loader import build_scorer, read_scorer_config
+from screener_plans.layout import (
     BUNDLE_METADATA,
     BUNDLE_ONNX,
     BUNDLE_TORCHSCRIPT,
     BUNDLE_WEIGHTS,
-    build_scorer,
     is_bundle,
-    read_scorer_config,
+    plans_file,
 )
+from screener_plans.zoo.package import build_bundle, patch_channels
 
 EXPORT_CONFIG = Path("configs") / "export.yaml"
-
-
-def patch_channels(cfg: dict) -> int:
-    """Input channels of the exported scorer: image, plus x, y, z in mm for sin-cos conditions."""
-    return 4 if cfg["condition"] == "sincos" else 1
 
 
 class PatchScorer(nn.Module):
@@ -81,85 +77,8 @@ def build_patch_scorer(root) -> PatchScorer:
     """``network_def`` of ``configs/export.yaml``: an untrained PatchScorer shaped like ``root``'s scorer."""
     from screener_plans.planning.plans import load_plans
 
-    plans = load_plans(Path(root) / "plans.json")
+    plans = load_plans(plans_file(root))
     return PatchScorer.from_scorer(build_scorer(plans, read_scorer_config(root)))
-
-
-class TorchScriptScorer(nn.Module):
-    """A TorchScript/ONNX-style ``PatchScorer`` behind the eager ``Scorer`` interface.
-
-    ``forward(image, origin_mm, spacing)`` as ``Scorer``: builds the coordinate channels when
-    the export needs them and runs the module in float32 (traced graphs do not autocast).
-    """
-
-    def __init__(self, module, coordinates: bool):
-        super().__init__()
-        self.module, self.coordinates = module, bool(coordinates)
-
-    def forward(self, image: torch.Tensor, origin_mm: torch.Tensor, spacing: torch.Tensor) -> torch.Tensor:
-        from screener_plans.nets import coordinate_grid_mm
-
-        x = image.float()
-        if self.coordinates:
-            grid = coordinate_grid_mm(origin_mm.to(torch.float64), spacing.to(torch.float64), x.shape[2:])
-            x = torch.cat([x, grid.to(x.dtype)], dim=1)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return self.module(x).float()
-
-
-def load_torchscript_scorer(
-    path, plans: dict | None = None, expected_weights_id: str | None = None, source=None
-) -> TorchScriptScorer:
-    """Load ``models/model.ts`` (from ``export_torchscript``) as a scorer for ``Predictor``.
-
-    With ``plans``, refuse an export made for other preprocessing (spacing or HU window); with
-    ``expected_weights_id`` (the weights ``source``, a run or bundle, holds now), refuse an export
-    of other weights, e.g. one made before a stage was retrained.
-    """
-    from monai.data import load_net_with_metadata
-
-    path = Path(path)
-    if not path.is_file():
-        source = path.parent.parent if path.parent.name == "models" else "RUN_OR_MODEL_DIR"
-        raise ScreenerError(f"{path}: TorchScript model not found; make it with `screener zoo export {source}`")
-    try:
-        module, meta, _ = load_net_with_metadata(str(path), map_location="cpu")
-    except Exception as e:
-        raise ScreenerError(
-            f"{path}: cannot load TorchScript model ({type(e).__name__}); the file is corrupt "
-            "or not a TorchScript export"
-        ) from None
-    info = meta.get("screener", {}) if isinstance(meta, dict) else {}
-    if "input_channels" in info:
-        channels = int(info["input_channels"])
-    else:
-        try:
-            channels = int(meta["network_data_format"]["inputs"]["image"]["num_channels"])
-        except (KeyError, TypeError, ValueError):
-            raise ScreenerError(
-                f"{path}: TorchScript model has no Screener metadata; export it with `screener zoo export`"
-            ) from None
-    if plans is not None and info:
-        from screener_plans.data.preprocess import preprocessing_of
-
-        exported = {"spacing": info.get("spacing"), "window": info.get("intensity_window")}
-        for key, want in preprocessing_of(plans).items():
-            if exported[key] is not None and [float(v) for v in exported[key]] != want:
-                raise ScreenerError(
-                    f"{path}: TorchScript model was exported for {key} {exported[key]}, but "
-                    f"plans.json has {want}; export it from this run (`screener zoo export`)"
-                )
-    exported_id = info.get("weights_id")
-    if expected_weights_id and exported_id and exported_id != expected_weights_id:
-        raise ScreenerError(
-            f"{path}: TorchScript model was exported from other weights than {source or 'the run'} "
-            f"holds now (a stage was retrained since); export it again (`screener zoo export "
-            f"{source or 'RUN'}`)"
-        )
-    module.eval()
-    scorer = TorchScriptScorer(module, coordinates=channels == 4)
-    scorer.weights_id = exported_id
-    return scorer
 
 
 def _export_source(path):
@@ -167,7 +86,6 @@ def _export_source(path):
     path = Path(path)
     if is_bundle(path):
         return path, None
-    from screener_plans.zoo.package import build_bundle
 
     tmp = Path(tempfile.mkdtemp(prefix=".screener-export-", dir=path if path.is_dir() else None))
     try:
@@ -182,7 +100,7 @@ def example_input_shape(bundle_dir) -> list[int]:
     """``[1, C, *crop_size]``: the patch shape sliding-window inference feeds the scorer."""
     from screener_plans.planning.plans import load_plans
 
-    plans = load_plans(Path(bundle_dir) / "plans.json")
+    plans = load_plans(plans_file(bundle_dir))
     return [1, patch_channels(read_scorer_config(bundle_dir)), *plans["crop_size"]]
 
 

@@ -16,8 +16,8 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from screener_plans.errors import ScreenerError
+from screener_plans.layout import BUNDLE_METADATA
 from screener_plans.zoo.index import ZooLocation, open_source, select
-from screener_plans.zoo.layout import BUNDLE_METADATA
 
 
 def parse_model_spec(spec) -> tuple[str, str | None]:

@@ -29,12 +29,17 @@ import torch
 
 from screener_plans.errors import ScreenerError
 from screener_plans.io_utils import atomic_path, sha256_file, write_json, write_text
-from screener_plans.zoo.layout import BUNDLE_METADATA, BUNDLE_SCORER_CONFIG, BUNDLE_WEIGHTS
+from screener_plans.layout import BUNDLE_METADATA, BUNDLE_SCORER_CONFIG, BUNDLE_WEIGHTS, calibration_path, plans_file
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 VERSION_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 SCHEMA_FILE = "meta_schema_20240725.json"
 ZIP_DATE = (2020, 1, 1, 0, 0, 0)  # fixed, so the same bundle always zips to the same bytes
+
+
+def patch_channels(cfg: dict) -> int:
+    """Input channels of the exported scorer: image, plus x, y, z in mm for sin-cos conditions."""
+    return 4 if cfg["condition"] == "sincos" else 1
 
 
 def check_name(name) -> str:
@@ -96,7 +101,6 @@ def stage_versions() -> dict:
 
 def scorer_data_format(plans: dict, cfg: dict) -> dict:
     """``network_data_format`` of the exported PatchScorer (models/model.pt)."""
-    from screener_plans.zoo.export import patch_channels
 
     stride = 2 ** (len(plans["network"]["channels"]) - 1)
     shape = [f"{stride}*n"] * 3
@@ -148,7 +152,6 @@ def bundle_metadata(
 
     import screener_plans
     from screener_plans.bundle_runner import bundle_dir
-    from screener_plans.zoo.export import patch_channels
 
     meta = json.loads((bundle_dir("screener_inference") / BUNDLE_METADATA).read_text())
     ordered = dict(sorted(changelog.items(), key=lambda kv: version_key(kv[0]), reverse=True))
@@ -172,6 +175,8 @@ def bundle_metadata(
             + ("; three more channels: each voxel's x, y, z position in mm" if patch_channels(cfg) == 4 else ""),
             "pred_classes": "one channel: per-voxel negative log-likelihood (nats); higher = more anomalous",
             "network_data_format": scorer_data_format(plans, cfg),
+            # the shipped bundles' figures are the benchmark's model, not this one
+            "eval_metrics": {},
             "screener": {
                 "scorer": cfg,
                 "input_channels": patch_channels(cfg),
@@ -204,8 +209,8 @@ def inference_config() -> dict:
 
     cfg = yaml.safe_load((bundle_dir("screener_inference") / "configs" / "inference.yaml").read_text())
     imports = cfg.setdefault("imports", [])
-    if not any("zoo import layout as sp_zoo" in i for i in imports):
-        imports.append("$from screener_plans.zoo import layout as sp_zoo")
+    if not any(i.endswith(" as sp_zoo") for i in imports):
+        imports.append("$import screener_plans.zoo.layout as sp_zoo")
     out = {"imports": imports, "bundle_root": "$sp_zoo.default_bundle_root()"}
     for key, value in cfg.items():
         if key != "imports":
@@ -227,19 +232,19 @@ def _copy_file(src: Path, dst: Path) -> None:
     shutil.copyfile(src, dst)
 
 
-def build_bundle(run_dir, bundle_dir, name: str, version: str, changelog: dict, torchscript: bool = False) -> Path:
+def build_bundle(run_dir, bundle_dir, name: str, version: str, changelog: dict) -> Path:
     """Write the bundle folder for the trained run ``run_dir`` (which must be complete) to ``bundle_dir``."""
     import yaml
 
     from screener_plans.bundle_runner import bundle_dir as shipped
-    from screener_plans.engines.models import load_scorer, trained_steps
-    from screener_plans.inference.calibration import calibration_path, load_threshold
+    from screener_plans.engines.models import trained_steps
+    from screener_plans.inference.calibration import load_threshold
+    from screener_plans.inference.loader import load_scorer, read_scorer_config
     from screener_plans.planning.plans import load_plans
     from screener_plans.zoo.docs import model_card
-    from screener_plans.zoo.layout import read_scorer_config
 
     run_dir, out = Path(run_dir), Path(bundle_dir)
-    plans = load_plans(run_dir / "plans.json")
+    plans = load_plans(plans_file(run_dir))
     cfg = read_scorer_config(run_dir)
     scorer = load_scorer(run_dir, plans)  # also checks every stage matches the plans
     calibrated = load_threshold(run_dir) is not None  # a calibration of another density model is refused
@@ -247,14 +252,14 @@ def build_bundle(run_dir, bundle_dir, name: str, version: str, changelog: dict, 
     with atomic_path(out / BUNDLE_WEIGHTS, suffix=".pt") as tmp, open(tmp, "wb") as f:
         torch.save(scorer.state_dict(), f)  # a stream, so the archive's inner name is not the temp name
     write_json(out / BUNDLE_SCORER_CONFIG, cfg)
-    write_json(out / "plans.json", public_plans(plans))
+    write_json(plans_file(out), public_plans(plans))
     calibration = None
     if calibrated:
         try:
             calibration = json.loads(calibration_path(run_dir).read_text())
         except ValueError:
             raise ScreenerError(f"{calibration_path(run_dir)}: not valid JSON; re-run `screener calibrate`") from None
-        write_json(out / "calibration.json", public_calibration(calibration))
+        write_json(calibration_path(out), public_calibration(calibration))
     meta = bundle_metadata(
         plans, cfg, name, version, changelog, getattr(scorer, "weights_id", None), trained_steps(run_dir, cfg)
     )
@@ -269,10 +274,6 @@ def build_bundle(run_dir, bundle_dir, name: str, version: str, changelog: dict, 
     _copy_file(schema_file(), out / "configs" / "meta_schema.json")
     _copy_file(inference_src / "LICENSE", out / "LICENSE")
     write_text(out / "docs" / "README.md", model_card(meta, plans, calibration))
-    if torchscript:
-        from screener_plans.zoo.export import export_torchscript
-
-        export_torchscript(out)
     return out
 
 

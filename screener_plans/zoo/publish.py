@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 
 from screener_plans.errors import ScreenerError
+from screener_plans.layout import calibration_path
+from screener_plans.zoo.export import export_torchscript
 from screener_plans.zoo.index import ZooLocation, versions_of, write_index
 from screener_plans.zoo.package import build_bundle, check_name, check_version, version_key, zip_bundle
 
@@ -23,7 +25,6 @@ def publish(
     An existing version is refused unless ``force``. The bundle's changelog carries the notes
     of the earlier versions of ``name`` in this zoo.
     """
-    from screener_plans.inference.calibration import calibration_path
     from screener_plans.io_utils import ensure_writable_dir
 
     name, version = check_name(name), check_version(version)
@@ -47,7 +48,9 @@ def publish(
     history[version] = note
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.publish-", dir=zoo_dir))
     try:
-        build_bundle(run_dir, tmp / name, name, version, history, torchscript=torchscript)
+        build_bundle(run_dir, tmp / name, name, version, history)
+        if torchscript:
+            export_torchscript(tmp / name)
         checksum, size = zip_bundle(tmp / name, zip_path, top=name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Synthetic chest/upper-abdomen CT phantoms with lesions, and the synthetic data set writer.
 
-:func:`make_phantom` draws one patient (anatomy from :mod:`.phantom_anatomy`, a contrast
+:func:`make_phantom` draws one patient (anatomy from :mod:`.anatomy`, a contrast
 protocol, grid size and spacing, field of view), inserts lesions with ground-truth masks, then
 applies partial-volume blur and correlated noise. Everything derives from the seed through
 independent random streams, so a phantom with and without lesions shares anatomy and noise.
@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..errors import ScreenerError
-from ..options import as_number
-from .phantom_anatomy import Grid, Tissue, build_anatomy, sample_body, smooth_field
+from screener_plans.errors import ScreenerError
+from screener_plans.options import as_number
+from screener_plans.synthetic.anatomy import Grid, Tissue, build_anatomy, sample_body, smooth_field
 
 TISSUE_CLASSES = {int(t): t.name.lower() for t in Tissue}
 LESION_KINDS = ("lung_nodule", "ground_glass", "liver_mass", "kidney_mass")
@@ -65,6 +65,8 @@ _SHIFTED_OFFSET_KEYS = (
     "lung_vessel",
 )
 HU_MIN, HU_MAX = -1024, 3071
+# the mark of a data folder this generator wrote (its module's first name, kept so that folders made
+# before the move to screener_plans.synthetic are still recognised)
 GENERATOR = "screener_plans.data.synthetic"
 
 
