@@ -323,3 +323,21 @@ def test_shape_errors():
         model(torch.randn(1, D, 2, 2, 2), torch.randn(1, DC, 2, 2, 3))
     with pytest.raises(ValueError):
         build_density("gaussian", D)(torch.randn(1, D + 1, 2, 2, 2))
+
+
+def test_voxel_sample_takes_whole_voxels_of_each_crop():
+    """The density stage's voxel sample keeps each voxel's features and condition together."""
+    from screener_plans.engines.density import sample_voxels
+
+    y = torch.randn(3, 5, 6, 7, 8)
+    c = torch.cat([y * 2, -y], dim=1)
+    ys, cs = sample_voxels(y, c, 50)
+    assert ys.shape == (3, 5, 50, 1, 1) and cs.shape == (3, 10, 50, 1, 1)
+    torch.testing.assert_close(cs[:, :5], ys * 2)
+    for b in range(3):
+        voxels = {tuple(v) for v in y[b].reshape(5, -1).T.tolist()}
+        sampled = [tuple(v) for v in ys[b, :, :, 0, 0].T.tolist()]
+        assert set(sampled) <= voxels and len(set(sampled)) == 50  # real voxels, none twice
+    assert sample_voxels(y, c, 0)[0] is y and sample_voxels(y, c, 6 * 7 * 8)[0] is y
+    empty = torch.zeros(3, 0, 6, 7, 8)
+    assert sample_voxels(y, empty, 10)[1] is empty

@@ -36,6 +36,7 @@ def _ssl_step_fn(run_dir, plans, stage, device):
 
 def _density_step_fn(run_dir, plans, device):
     from screener_plans.data.dataset import CropDataset
+    from screener_plans.engines.density import sample_voxels
     from screener_plans.engines.models import (
         Scorer,
         build_density_model,
@@ -58,7 +59,7 @@ def _density_step_fn(run_dir, plans, device):
         origin = torch.stack([it["origin_mm"] for it in items]).to(device)
         spacing = torch.stack([it["spacing"] for it in items]).to(device)
         with torch.no_grad(), autocast(device, dtype):
-            y, c = scorer.features(image, origin, spacing)
+            y, c = sample_voxels(*scorer.features(image, origin, spacing), plans["density"]["voxels_per_crop"])
         loss = scorer.density(y.float(), c.float() if c.shape[1] else None).mean()
         opt.zero_grad()
         loss.backward()

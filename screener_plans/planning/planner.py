@@ -171,7 +171,11 @@ def derive_plans(fingerprint: dict, device: str, memory_gb: float, preset: str |
         "optim": {"lr": knobs["lr"], "weight_decay": 1e-6, "grad_clip": 1.0, "warmup_fraction": 0.05},
         "steps": dict(knobs["steps"]),
         "checkpoint_every": int(knobs["checkpoint_every"]),
-        "density": {**knobs["density"], "batch_size": int(knobs["density_batch"])},
+        "density": {
+            **knobs["density"],
+            "batch_size": int(knobs["density_batch"]),
+            "voxels_per_crop": int(knobs.get("density_voxels", 0)),
+        },
         "inference": {
             "overlap": 0.25,
             "blend": "gaussian",

@@ -110,6 +110,10 @@ SCHEMA = {
     "density.intensity_prior": (lambda v: isinstance(v, bool), "true or false"),
     "density.trim": (lambda v: _num(v) and 0 <= v < 0.5, "a number in [0, 0.5)"),
     "density.batch_size": (_pos_int, "a positive integer"),
+    "density.voxels_per_crop": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "an integer >= 0 (0: every voxel)",
+    ),
     "inference.overlap": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
     "inference.blend": (lambda v: v in ("gaussian", "constant"), "'gaussian' or 'constant'"),
     "inference.sw_batch_size": (_pos_int, "a positive integer"),
@@ -149,6 +153,7 @@ DEFAULTS = {
     "density.features": "descriptor",
     "density.intensity_prior": False,
     "density.trim": 0.0,
+    "density.voxels_per_crop": 0,
     "inference.smooth_mm": 0.0,
 }
 
