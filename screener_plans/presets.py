@@ -44,8 +44,13 @@ PRESET_PLANS = {
         "lr": 1e-3,
         "d_desc": 32,
         "d_cond": 24,
-        "steps": {"descriptor": 900, "condition": 500, "density": 300},
+        "steps": {"descriptor": 900, "condition": 500, "density": 1200},
         "density_batch": 4,
+        # The flow trains on a random sample of each crop's voxels (``density.voxels_per_crop``):
+        # its forward/backward over every voxel was most of a density step, and neighbouring voxels
+        # carry nearly the same gradient, so four times the steps fit in the same minutes (chosen on
+        # the dev set against 300 steps on every voxel, docs/benchmarks.md).
+        "density_voxels": 8192,
         "checkpoint_every": 100,
         # Extra input windows of the descriptor and condition networks (nets/windows.py): a
         # soft-tissue window gives 20-40 HU organ masses full contrast, a lung/gas window keeps

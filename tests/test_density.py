@@ -341,3 +341,57 @@ def test_voxel_sample_takes_whole_voxels_of_each_crop():
     assert sample_voxels(y, c, 0)[0] is y and sample_voxels(y, c, 6 * 7 * 8)[0] is y
     empty = torch.zeros(3, 0, 6, 7, 8)
     assert sample_voxels(y, empty, 10)[1] is empty
+
+
+def test_self_masked_condition_does_not_see_the_voxel_it_describes():
+    """With ``density.condition_passes``, each voxel's condition comes from passes that masked it:
+    a condition network that merely copies its input cannot show a planted blob."""
+    from screener_plans.engines.models import FeatureExtractor, pass_masks
+
+    class Copy(torch.nn.Module):
+        def forward(self, x):  # (image, mask) -> the (masked) image as a one-channel "condition"
+            return x[:, :1]
+
+    image = torch.full((2, 1, 24, 24, 24), 0.3)
+    image[:, :, 8:16, 8:16, 8:16] = 0.9
+    args = dict(origin_mm=torch.zeros(2, 3), spacing=torch.ones(2, 3))
+    whole = FeatureExtractor(torch.nn.Identity(), "masked", Copy(), 1, "descriptor")
+    masked = FeatureExtractor(
+        torch.nn.Identity(),
+        "masked",
+        Copy(),
+        1,
+        "descriptor",
+        condition_masking={"passes": 6, "block": 4, "ratio": 0.6},
+    )
+    assert whole(image, **args)[1][:, :, 12, 12, 12].min() == 0.9  # the paper's way: the crop as it is
+    c = masked(image, **args)[1]
+    seen = c[:, :, 8:16, 8:16, 8:16]
+    assert float(seen.abs().max()) == 0.0
+    torch.testing.assert_close(masked(image, **args)[1], c)  # the same masks on every call
+    m = pass_masks(image, 4, 4, 0.6)
+    assert m.shape == (4, 1, 1, 24, 24, 24) and 0.5 < float(m[:3].float().mean()) < 0.7
+    assert bool(m.any(0).all())  # every voxel hidden in some pass
+    # traced (as the exports are), other batch sizes and crop sizes still work
+    traced = torch.jit.trace(masked, (image, args["origin_mm"], args["spacing"]), check_trace=False)
+    other = torch.rand(1, 1, 20, 24, 28)
+    one = dict(origin_mm=torch.zeros(1, 3), spacing=torch.ones(1, 3))
+    torch.testing.assert_close(traced(other, **one)[1], masked(other, **one)[1])
+
+
+def test_condition_passes_reach_the_feature_extractor(tmp_path):
+    from screener_plans.engines.models import density_config, feature_extractor
+
+    plans = {
+        "density": {"condition": "masked", "kind": "gaussian", "features": "descriptor", "condition_passes": 3},
+        "network": {"d_cond": 4, "d_desc": 5},
+        "preset": "tiny",
+        "intensity": {"window": [-1000.0, 1000.0]},
+        "masking": {"block_size": 12, "ratio": 0.6},
+    }
+    cfg = density_config(plans, None, None)
+    assert cfg["condition_masking"] == {"passes": 3, "block": 12, "ratio": 0.6}
+    extractor = feature_extractor(cfg, lambda stage: torch.nn.Identity())
+    assert extractor.condition_masking["passes"] == 3
+    plans["density"]["condition_passes"] = 0
+    assert "condition_masking" not in density_config(plans, None, None)

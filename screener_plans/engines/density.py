@@ -55,6 +55,23 @@ def sample_voxels(y: torch.Tensor, c: torch.Tensor, voxels: int) -> tuple[torch.
     return take(y), (take(c) if c.shape[1] else c)
 
 
+def density_loss(scorer: Scorer, batch: dict, device, amp: bool, voxels: int = 0, trim: float = 0.0) -> torch.Tensor:
+    """The density stage's loss on one batch: mean NLL of the frozen features of ``voxels``
+    random voxels per crop (all when 0), leaving out the ``trim`` fraction of least likely ones."""
+    image = channels_last(batch["image"].to(device, non_blocking=True))
+    origin = batch["origin_mm"].to(device, non_blocking=True)
+    spacing = batch["spacing"].to(device, non_blocking=True)
+    with torch.no_grad(), autocast(device, amp_dtype(device, amp)):
+        y, c = sample_voxels(*scorer.features(image, origin, spacing), voxels)
+    # an intensity prior is a fixed term: only the density model under it is fitted
+    nll = scorer.density.trainable(y.float(), c.float() if c.shape[1] else None)
+    if trim > 0:
+        flat = nll.reshape(-1)
+        keep = max(1, int(flat.numel() * (1.0 - trim)))
+        return flat.topk(keep, largest=False, sorted=False).values.mean()
+    return nll.mean()
+
+
 class DensityIteration:
     """``iteration_update(engine, batch)``: NLL of frozen features under the density model."""
 
@@ -73,22 +90,9 @@ class DensityIteration:
 
         scorer, optimizer = engine.network, engine.optimizer
         device = torch.device(engine.state.device)
-        image = channels_last(batch["image"].to(device, non_blocking=True))
-        origin = batch["origin_mm"].to(device, non_blocking=True)
-        spacing = batch["spacing"].to(device, non_blocking=True)
         scorer.features.eval()
         scorer.density.train()
-        with torch.no_grad(), autocast(device, amp_dtype(device, self.amp)):
-            y, c = scorer.features(image, origin, spacing)
-            y, c = sample_voxels(y, c, self.voxels)
-        # an intensity prior is a fixed term: only the density model under it is fitted
-        nll = scorer.density.trainable(y.float(), c.float() if c.shape[1] else None)
-        if self.trim > 0:
-            flat = nll.reshape(-1)
-            keep = max(1, int(flat.numel() * (1.0 - self.trim)))
-            loss = flat.topk(keep, largest=False, sorted=False).values.mean()
-        else:
-            loss = nll.mean()
+        loss = density_loss(scorer, batch, device, self.amp, self.voxels, self.trim)
         engine.state.output = {"loss": loss.detach()}
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)

@@ -199,6 +199,7 @@ class FeatureExtractor(nn.Module):
         structure_scale: float = 1.0,
         surround: dict | None = None,
         histogram: dict | None = None,
+        condition_masking: dict | None = None,
     ):
         super().__init__()
         from screener_plans.nets import SinCosCondition
@@ -216,6 +217,7 @@ class FeatureExtractor(nn.Module):
         self.histogram = ShellHistogram(**histogram) if condition_kind == "histogram" else None
         self.cond_dim = cond_dim if condition_kind != "none" else 0
         self.structure = LocalStructure(STRUCTURE_SIGMA, structure_scale) if uses_structure(features) else None
+        self.condition_masking = dict(condition_masking) if condition_masking and self.condition is not None else None
 
     def describe(self, image: torch.Tensor) -> torch.Tensor:
         """The scored features ``y`` (B, dim, X, Y, Z) of a crop."""
@@ -239,7 +241,7 @@ class FeatureExtractor(nn.Module):
     def forward(self, image: torch.Tensor, origin_mm: torch.Tensor, spacing: torch.Tensor):
         y, derivatives = self._scored(image)
         if self.condition is not None:
-            c = self.condition(torch.cat([image, torch.zeros_like(image)], dim=1))
+            c = self._masked_condition(image)
         elif self.sincos is not None:
             c = self.sincos(origin_mm, spacing, image.shape[2:]).to(y.dtype)
         elif self.surround is not None:
@@ -251,6 +253,45 @@ class FeatureExtractor(nn.Module):
         if derivatives is not None:
             c = torch.cat([c.float(), derivatives], dim=1)
         return y, c
+
+    def _masked_condition(self, image: torch.Tensor) -> torch.Tensor:
+        """The masked condition model's features: of the whole crop (the paper), or, with
+        ``condition_masking`` ({"passes", "block", "ratio"}), each voxel's features averaged over
+        the passes of :func:`pass_masks` that hid the voxel itself. A condition model trained
+        briefly is only partly invariant to masking: shown a lesion it describes it, and the
+        density then finds the lesion expected; hidden, the lesion cannot explain itself."""
+        if self.condition_masking is None:
+            return self.condition(torch.cat([image, torch.zeros_like(image)], dim=1))
+        k = int(self.condition_masking["passes"])
+        masks = pass_masks(image, k, int(self.condition_masking["block"]), float(self.condition_masking["ratio"]))
+        w = masks.to(image.dtype)  # (k, 1, 1, X, Y, Z), the same for every crop of the batch
+        images = image[None].masked_fill(masks, 0.0)  # (k, B, 1, X, Y, Z)
+        net_in = torch.cat([images, w.expand_as(images)], dim=2).flatten(0, 1)
+        c = self.condition(net_in).float().unflatten(0, (k, -1))
+        w = w.float()
+        return (c * w).sum(0) / w.sum(0)
+
+
+def pass_masks(image: torch.Tensor, passes: int, block: int, ratio: float) -> torch.Tensor:
+    """Bool (passes, 1, 1, X, Y, Z) block masks (True = masked) for the crops of ``image``.
+
+    Each pass is a grid of ``block``-voxel blocks at its own offset, each block masked with
+    probability ``ratio`` by a fixed hash of its grid index (so the same crop always gets the
+    same masks, and tracing keeps the crop size symbolic for the exports); the last pass also
+    masks whatever no earlier pass did, so every voxel is hidden in at least one pass.
+    """
+    axes = [torch.arange(image.shape[2 + a], device=image.device, dtype=torch.float32) for a in range(3)]
+    grids = torch.meshgrid(*axes, indexing="ij")
+    masks = []
+    for k in range(passes):
+        offset = [(k * 7 + 3 * a) % block for a in range(3)]
+        index = [torch.floor((g + o) / block) for g, o in zip(grids, offset)]
+        seed = index[0] * 12.9898 + index[1] * 78.233 + index[2] * 37.719 + k * 4.581
+        u = torch.frac(torch.sin(seed).abs() * 43758.5453)
+        masks.append(u < ratio)
+    m = torch.stack(masks)
+    m = torch.cat([m[:-1], m[-1:] | ~m[:-1].any(0, keepdim=True)])
+    return m[:, None, None]
 
 
 class Scorer(nn.Module):
@@ -317,6 +358,13 @@ def density_config(
             "spacing_mm": [float(v) for v in plans["spacing"]],
             "centres": [(h - lo) / (hi - lo) for h in HISTOGRAM_BINS_HU],
         }
+    passes = int(d.get("condition_passes", 0))
+    if condition == "masked" and passes > 0:
+        cfg["condition_masking"] = {
+            "passes": passes,
+            "block": plans["masking"]["block_size"],
+            "ratio": float(plans["masking"]["ratio"]),
+        }
     if prior:
         # the raw intensity is the first channel after the descriptor's; one bin per HU
         cfg.update(prior_channel=d_desc, prior_bins=max(1, int(round(hi - lo))))
@@ -357,6 +405,7 @@ def feature_extractor(cfg: dict, network) -> FeatureExtractor:
         cfg.get("structure_scale", 1.0),
         cfg.get("surround"),
         cfg.get("histogram"),
+        cfg.get("condition_masking"),
     )
 
 

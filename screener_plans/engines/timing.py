@@ -36,7 +36,7 @@ def _ssl_step_fn(run_dir, plans, stage, device):
 
 def _density_step_fn(run_dir, plans, device):
     from screener_plans.data.dataset import CropDataset
-    from screener_plans.engines.density import sample_voxels
+    from screener_plans.engines.density import density_loss
     from screener_plans.engines.models import (
         Scorer,
         build_density_model,
@@ -51,16 +51,12 @@ def _density_step_fn(run_dir, plans, device):
     opt = torch.optim.AdamW(scorer.density.parameters(), lr=1e-5)
     b = plans["density"]["batch_size"]
     data = CropDataset(run_dir, plans, length=10_000, seed=12345)
-    dtype = amp_dtype(device, plans["amp"])
+    voxels, trim = plans["density"]["voxels_per_crop"], plans["density"]["trim"]
 
     def step(i):
         items = [data[i * b + j] for j in range(b)]
-        image = torch.stack([it["image"] for it in items]).to(device)
-        origin = torch.stack([it["origin_mm"] for it in items]).to(device)
-        spacing = torch.stack([it["spacing"] for it in items]).to(device)
-        with torch.no_grad(), autocast(device, dtype):
-            y, c = sample_voxels(*scorer.features(image, origin, spacing), plans["density"]["voxels_per_crop"])
-        loss = scorer.density(y.float(), c.float() if c.shape[1] else None).mean()
+        batch = {k: torch.stack([it[k] for it in items]) for k in ("image", "origin_mm", "spacing")}
+        loss = density_loss(scorer, batch, device, plans["amp"], voxels, trim)
         opt.zero_grad()
         loss.backward()
         opt.step()

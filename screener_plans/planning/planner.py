@@ -175,6 +175,7 @@ def derive_plans(fingerprint: dict, device: str, memory_gb: float, preset: str |
             **knobs["density"],
             "batch_size": int(knobs["density_batch"]),
             "voxels_per_crop": int(knobs.get("density_voxels", 0)),
+            "condition_passes": int(knobs.get("density_condition_passes", 0)),
         },
         "inference": {
             "overlap": 0.25,

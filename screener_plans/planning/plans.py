@@ -114,6 +114,10 @@ SCHEMA = {
         lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
         "an integer >= 0 (0: every voxel)",
     ),
+    "density.condition_passes": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and (v == 0 or v >= 2),
+        "0 (the masked condition sees the whole crop) or an integer >= 2",
+    ),
     "inference.overlap": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
     "inference.blend": (lambda v: v in ("gaussian", "constant"), "'gaussian' or 'constant'"),
     "inference.sw_batch_size": (_pos_int, "a positive integer"),
@@ -154,6 +158,7 @@ DEFAULTS = {
     "density.intensity_prior": False,
     "density.trim": 0.0,
     "density.voxels_per_crop": 0,
+    "density.condition_passes": 0,
     "inference.smooth_mm": 0.0,
 }
 
