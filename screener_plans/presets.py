@@ -48,8 +48,8 @@ PRESET_PLANS = {
         "density_batch": 4,
         # The flow trains on a random sample of each crop's voxels (``density.voxels_per_crop``):
         # its forward/backward over every voxel was most of a density step, and neighbouring voxels
-        # carry nearly the same gradient, so four times the steps fit in the same minutes (chosen on
-        # the dev set against 300 steps on every voxel, docs/benchmarks.md).
+        # carry nearly the same gradient, so many more steps fit in the same minutes (chosen on the
+        # dev and real sets against every voxel, docs/benchmarks.md).
         "density_voxels": 8192,
         "checkpoint_every": 100,
         # Extra input windows of the descriptor and condition networks (nets/windows.py): a

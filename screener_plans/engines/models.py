@@ -264,11 +264,10 @@ class FeatureExtractor(nn.Module):
             return self.condition(torch.cat([image, torch.zeros_like(image)], dim=1))
         k = int(self.condition_masking["passes"])
         masks = pass_masks(image, k, int(self.condition_masking["block"]), float(self.condition_masking["ratio"]))
-        w = masks.to(image.dtype)  # (k, 1, 1, X, Y, Z), the same for every crop of the batch
-        images = image[None].masked_fill(masks, 0.0)  # (k, B, 1, X, Y, Z)
-        net_in = torch.cat([images, w.expand_as(images)], dim=2).flatten(0, 1)
+        images = image[None].masked_fill(masks, 0.0)  # (k, B, 1, X, Y, Z); masks are (k, 1, 1, X, Y, Z)
+        net_in = torch.cat([images, masks.to(image.dtype).expand_as(images)], dim=2).flatten(0, 1)
         c = self.condition(net_in).float().unflatten(0, (k, -1))
-        w = w.float()
+        w = masks.float()
         return (c * w).sum(0) / w.sum(0)
 
 

@@ -35,12 +35,16 @@ def _pos(v):
     return _num(v) and v > 0
 
 
+def _int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _pos_int(v):
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+    return _int(v) and v > 0
 
 
 def _nonneg_int(v):
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return _int(v) and v >= 0
 
 
 def _frac(v):
@@ -110,12 +114,9 @@ SCHEMA = {
     "density.intensity_prior": (lambda v: isinstance(v, bool), "true or false"),
     "density.trim": (lambda v: _num(v) and 0 <= v < 0.5, "a number in [0, 0.5)"),
     "density.batch_size": (_pos_int, "a positive integer"),
-    "density.voxels_per_crop": (
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-        "an integer >= 0 (0: every voxel)",
-    ),
+    "density.voxels_per_crop": (_nonneg_int, "an integer >= 0 (0: every voxel)"),
     "density.condition_passes": (
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and (v == 0 or v >= 2),
+        lambda v: _int(v) and (v == 0 or v >= 2),
         "0 (the masked condition sees the whole crop) or an integer >= 2",
     ),
     "inference.overlap": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
