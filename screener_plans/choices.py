@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 CONDITIONS = ("masked", "sincos", "none", "surround", "histogram")
-DENSITIES = ("gaussian", "flow", "mixture")
+# "contrastive": segmentation networks that tell the scans from synthetic anomalies
+# (density/contrastive.py); it scores the CT intensity with no condition.
+DENSITIES = ("gaussian", "flow", "mixture", "contrastive")
 # What the density model scores: the learned descriptor (the paper), the voxel's own CT
 # intensity (window-scaled), both side by side, or "structure": the intensity smoothed at one
 # voxel, scored given its local Gaussian derivatives (appended to the condition; see

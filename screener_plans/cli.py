@@ -151,7 +151,7 @@ class Screener:
             max_steps: steps to train (default: the plans' steps for the stage).
             device: auto|cpu|cuda (default: auto).
             condition: density only: masked|sincos|none|surround|histogram (default: from plans.json).
-            density: density only: gaussian|flow|mixture (default: from plans.json).
+            density: density only: gaussian|flow|mixture|contrastive (default: from plans.json).
             resume: continue from the stage's newest checkpoint.
             features: density only: descriptor|intensity|descriptor+intensity|structure|descriptor+structure (default: plans).
             intensity_prior: density only: true|false, add -log p(HU) (default: plans).
@@ -257,7 +257,7 @@ class Screener:
             budget_minutes: set the steps so the whole run ends within this many minutes here.
             device: auto|cpu|cuda.
             condition: masked|sincos|none|surround|histogram (default: the preset's).
-            density: gaussian|flow|mixture (default: the preset's).
+            density: gaussian|flow|mixture|contrastive (default: the preset's; contrastive: networks trained to find synthetic anomalies).
             skip_bad: leave out unusable scans instead of stopping.
             workers: processes for reading and preprocessing (0: one per core, fewer if memory is short).
             set: override a plans value, key=value (repeatable).

@@ -248,9 +248,11 @@ def test_predict_refuses_plans_edited_after_training(env, tmp_path, capsys, key,
 def test_train_without_stage_does_not_train_an_unused_descriptor(env, tmp_path, capsys):
     from screener_plans.cli import _default_stage
 
-    plans = json.loads((env["run"] / "plans.json").read_text())
-    assert plans["density"]["features"] == "descriptor+structure"  # the tiny preset's default scorer
-    assert _default_stage(env["run"]) == "descriptor"
+    plans = json.loads((env["root"] / "planned" / "plans.json").read_text())
+    assert plans["density"]["kind"] == "contrastive"  # the tiny preset's default scorer: no descriptor
+    contrastive_run = make_random_run(tmp_path / "c", plans, condition="none", density="contrastive")
+    with pytest.raises(ScreenerError, match=r"to train: --stage density \(or"):
+        _default_stage(contrastive_run)
     structure_run = make_random_run(tmp_path / "s", plans, features="structure")
     code, err = _run(["train", structure_run], capsys)
     assert code == 2

@@ -56,6 +56,7 @@ def test_rerun_goes_on_with_the_first_runs_schedule(ct_folder, tmp_path, fake_tr
         workers=1,
         overrides=["crop_size=[16,16,16]", "spacing=[3.0,3.0,3.0]"],
         condition="masked",
+        density="gaussian",
         features="intensity",
     )
     state["interrupt_at"] = "density"  # Ctrl-C during the last stage

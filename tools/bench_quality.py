@@ -34,6 +34,7 @@ from pathlib import Path
 BASELINES = ("intensity", "autoencoder")
 CONDITIONS = ("none", "sincos", "masked", "surround", "histogram")
 DENSITIES = ("gaussian", "flow", "mixture")
+CONTRASTIVE = "none_contrastive_intensity"  # the contrastive density: no condition, the CT crop itself
 # Screener variants are CONDITION_DENSITY[_FEATURES][_prior]: the paper's grid scores the
 # descriptor (no suffix); "_intensity" / "_both" score the CT intensity / descriptor + intensity;
 # "_prior" adds the intensity prior.
@@ -45,12 +46,16 @@ FEATURE_TAGS = {
     "descriptor+structure": "_descstructure",
 }
 PAPER_GRID = tuple(f"{c}_{d}" for d in ("gaussian", "flow") for c in ("none", "sincos", "masked"))  # Table 3
-SCREENER = PAPER_GRID + tuple(
-    f"{c}_{d}{tag}{prior}"
-    for tag in ("_intensity", "_both", "_structure", "_descstructure")
-    for prior in ("", "_prior")
-    for d in DENSITIES
-    for c in CONDITIONS
+SCREENER = (
+    PAPER_GRID
+    + tuple(
+        f"{c}_{d}{tag}{prior}"
+        for tag in ("_intensity", "_both", "_structure", "_descstructure")
+        for prior in ("", "_prior")
+        for d in DENSITIES
+        for c in CONDITIONS
+    )
+    + (CONTRASTIVE,)
 )
 VARIANTS = BASELINES + SCREENER  # table row order
 # run when --only is not given: the baselines, the paper's grid, and the intensity rows that
@@ -74,7 +79,12 @@ COND_NAMES = {
     "surround": "surround (30 mm)",
     "histogram": "shell histogram (10-25 mm)",
 }
-DENS_NAMES = {"gaussian": "Gaussian", "flow": "norm. flow", "mixture": "Gauss. mixture"}
+DENS_NAMES = {
+    "gaussian": "Gaussian",
+    "flow": "norm. flow",
+    "mixture": "Gauss. mixture",
+    "contrastive": "contrastive (synthetic anomalies)",
+}
 FEAT_NAMES = {
     "descriptor": "descriptor",
     "intensity": "CT intensity",
@@ -118,7 +128,7 @@ DATA_SETS = {
     "test": {"cases": 52, "test_cases": 12, "seed": 31, "family": "shifted"},
     "real": {"cases": 4, "test_cases": 4, "seed": None, "family": "real"},
 }
-DEFAULT_STEPS = {"descriptor": 900, "condition": 500, "density": 1200, "autoencoder": 2000}
+DEFAULT_STEPS = {"descriptor": 900, "condition": 500, "density": 1200, "contrastive": 1500, "autoencoder": 2000}
 
 
 def log(msg: str) -> None:
@@ -291,6 +301,11 @@ def variant_model(variant: str, vrun: Path) -> Path:
     return vrun / "density" / "models" / "model.pt"
 
 
+def density_steps(variant: str, args) -> int:
+    """Training steps of a variant's density stage (the contrastive density has its own)."""
+    return args.contrastive_steps if parse_variant(variant)[1] == "contrastive" else args.density_steps
+
+
 def train_variant(variant: str, vrun: Path, plans: dict, args, timings: Timings) -> None:
     """Fit/train the variant's own model unless a current one exists."""
     from screener_plans.baselines import IntensityBaseline, intensity_path, train_autoencoder
@@ -299,7 +314,13 @@ def train_variant(variant: str, vrun: Path, plans: dict, args, timings: Timings)
     model = variant_model(variant, vrun)
     key = variant if variant in BASELINES else f"density/{variant}"
     if model.exists() and mtime(model) >= newest(upstream(variant, args.out / "run")):
-        steps = args.ae_steps if variant == "autoencoder" else None if variant == "intensity" else args.density_steps
+        steps = (
+            args.ae_steps
+            if variant == "autoencoder"
+            else None
+            if variant == "intensity"
+            else density_steps(variant, args)
+        )
         done = timings.get(key) or {}
         if steps is not None and done.get("steps") not in (None, steps):
             log(f"{variant} was trained with {done['steps']} steps, not {steps}; delete {model} to retrain")
@@ -321,20 +342,21 @@ def train_variant(variant: str, vrun: Path, plans: dict, args, timings: Timings)
         )
     else:
         condition, density, features, prior = parse_variant(variant)
-        log(f"training the density model of {variant}: {args.density_steps} steps")
+        steps = density_steps(variant, args)
+        log(f"training the density model of {variant}: {steps} steps")
         timings.run(
             key,
             lambda: train_stage(
                 vrun,
                 "density",
-                max_steps=args.density_steps,
+                max_steps=steps,
                 device=args.device,
                 condition=condition,
                 density=density,
                 features=features,
                 intensity_prior=prior,
             ),
-            steps=args.density_steps,
+            steps=steps,
         )
 
 
@@ -656,6 +678,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--descriptor-steps", type=int, default=DEFAULT_STEPS["descriptor"])
     ap.add_argument("--condition-steps", type=int, default=DEFAULT_STEPS["condition"])
     ap.add_argument("--density-steps", type=int, default=DEFAULT_STEPS["density"], help="for every grid cell")
+    ap.add_argument(
+        "--contrastive-steps", type=int, default=DEFAULT_STEPS["contrastive"], help="the contrastive density's"
+    )
     ap.add_argument("--ae-steps", type=int, default=DEFAULT_STEPS["autoencoder"])
     ap.add_argument(
         "--calibrate-cases",
@@ -694,6 +719,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         ("descriptor_steps", 3),
         ("condition_steps", 3),
         ("density_steps", 3),
+        ("contrastive_steps", 3),
         ("ae_steps", 1),
         ("cases", 4),
         ("calibrate_cases", 1),

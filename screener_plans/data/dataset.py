@@ -118,15 +118,34 @@ def random_crop(image, mask, crop_size, rng: np.random.Generator):
         centre = shape // 2
     lo = np.minimum(np.maximum(centre - rng.integers(0, crop), 0), np.maximum(shape - crop, 0))
     lo = np.where(shape < crop, -((crop - shape) // 2), lo)
-    out = np.zeros(tuple(crop), dtype=np.float32)
-    src = tuple(slice(max(a, 0), min(a + c, n)) for a, c, n in zip(lo, crop, shape))
-    dst = tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, lo))
-    out[dst] = np.asarray(image[src], dtype=np.float32)
-    return out[None], lo
+    return crop_at(image, lo, crop_size)[None], lo
+
+
+def crop_at(volume, start, crop_size, dtype=np.float32) -> np.ndarray:
+    """The ``crop_size`` block of ``volume`` from index ``start`` (zero outside the volume)."""
+    out = np.zeros(tuple(crop_size), dtype=dtype)
+    src = tuple(slice(max(a, 0), min(a + c, n)) for a, c, n in zip(start, crop_size, volume.shape))
+    dst = tuple(slice(s.start - a, s.stop - a) for s, a in zip(src, start))
+    out[dst] = np.asarray(volume[src], dtype=dtype)
+    return out
 
 
 class CropDataset(_IndexedDataset):
-    """Random crops at the cached resolution, with their position in mm (for sin-cos conditions)."""
+    """Random crops at the cached resolution, with their position in mm (for sin-cos conditions).
+
+    With ``anomalies`` (settings of ``data/anomalies.py``; ``{}`` for its defaults) each crop gets
+    synthetic anomalies painted in (a crop of another random place lends the foreign ones) and the
+    item holds their soft mask as ``target`` (1, X, Y, Z): the contrastive density's training data.
+    """
+
+    def __init__(self, run_dir, plans, length: int, anomalies: dict | None = None, **kw):
+        super().__init__(run_dir, plans, length, **kw)
+        self.plans_crop = tuple(plans["crop_size"])
+        self.anomalies = None
+        if anomalies is not None:
+            from screener_plans.data.anomalies import SyntheticAnomalies
+
+            self.anomalies = SyntheticAnomalies(plans["intensity"]["window"], **anomalies)
 
     def __getitem__(self, index: int) -> dict:
         rng = self._rng(index, 2)
@@ -134,15 +153,18 @@ class CropDataset(_IndexedDataset):
         crop, start = random_crop(case["image"], case["mask"], self.plans_crop, rng)
         spacing = np.asarray(case["spacing"], dtype=np.float32)
         origin = np.asarray(case["origin_mm"], dtype=np.float32) + start * spacing
-        return {
+        item = {
             "image": torch.from_numpy(crop),
             "origin_mm": torch.from_numpy(origin.astype(np.float32)),
             "spacing": torch.from_numpy(spacing),
         }
-
-    def __init__(self, run_dir, plans, length: int, **kw):
-        super().__init__(run_dir, plans, length, **kw)
-        self.plans_crop = tuple(plans["crop_size"])
+        if self.anomalies is not None:
+            body = crop_at(case["mask"], start, self.plans_crop, dtype=bool)
+            other = self.cases.get(int(rng.integers(len(self.cases))))
+            donor, _ = random_crop(other["image"], other["mask"], self.plans_crop, rng)
+            image, target = self.anomalies(item["image"][0], body, spacing, rng, donor=torch.from_numpy(donor[0]))
+            item["image"], item["target"] = image[None], target[None]
+        return item
 
 
 class ResumableSampler(Sampler):

@@ -6,8 +6,10 @@ import inspect
 
 from torch import nn
 
+from ..choices import DENSITIES, one_of
 from ..errors import ScreenerError
 from .base import LOG_2PI, DensityModel
+from .contrastive import ContrastiveDensity
 from .flow import GlowFlow
 from .flow_layers import ActNorm, AffineCoupling, InvConv1x1
 from .gaussian import ConditionalGaussian, DiagonalGaussian
@@ -21,6 +23,7 @@ __all__ = [
     "AffineCoupling",
     "ConditionalGaussian",
     "ConditionalGaussianMixture",
+    "ContrastiveDensity",
     "DensityModel",
     "DiagonalGaussian",
     "GaussianMixture",
@@ -36,11 +39,13 @@ DENSITY_PRESETS: dict[str, dict[str, dict]] = {
         "gaussian": {"hidden": 16, "kernel_size": 3},
         "flow": {"n_blocks": 2, "hidden": 16, "kernel_size": 1, "clamp": 2.0},
         "mixture": {"n_components": 8, "hidden": 32, "kernel_size": 1},
+        "contrastive": {"channels": [8, 16, 32, 64], "members": 2},
     },
     "base": {
         "gaussian": {"hidden": 64, "kernel_size": 3},
         "flow": {"n_blocks": 8, "hidden": 128, "kernel_size": 1, "clamp": 2.0},
         "mixture": {"n_components": 8, "hidden": 64, "kernel_size": 1},
+        "contrastive": {"channels": [16, 32, 64, 128, 256], "members": 2},
     },
 }
 
@@ -54,7 +59,7 @@ def _options(cls: type) -> set[str]:
 
 
 def build_density(kind: str, dim: int, cond_dim: int = 0, preset: str = "base", **cfg) -> nn.Module:
-    """Build a density model: ``kind`` "gaussian", "flow" or "mixture"; conditional when ``cond_dim > 0``.
+    """Build a density model: ``kind`` "gaussian", "flow", "mixture" or "contrastive"; conditional when ``cond_dim > 0``.
 
     ``cfg`` overrides the preset's options (see ``DENSITY_PRESETS``); unknown options raise
     ``ScreenerError``.
@@ -62,11 +67,13 @@ def build_density(kind: str, dim: int, cond_dim: int = 0, preset: str = "base", 
     if preset not in DENSITY_PRESETS:
         raise ScreenerError(f"density preset {preset!r} unknown; choose one of {sorted(DENSITY_PRESETS)}")
     if kind not in DENSITY_PRESETS[preset]:
-        raise ScreenerError(f"density kind {kind!r} unknown; choose 'gaussian', 'flow' or 'mixture'")
+        raise ScreenerError(f"density kind {kind!r} unknown; choose {one_of(DENSITIES)}")
     if int(dim) < 1 or int(cond_dim) < 0:
         raise ScreenerError(f"density dims invalid: dim={dim}, cond_dim={cond_dim}")
     options = {**DENSITY_PRESETS[preset][kind], **cfg}
-    if kind == "flow":
+    if kind == "contrastive":
+        cls, kwargs = ContrastiveDensity, {"cond_dim": int(cond_dim)}
+    elif kind == "flow":
         cls, kwargs = GlowFlow, {"cond_dim": int(cond_dim)}
     elif kind == "mixture" and cond_dim > 0:
         cls, kwargs = ConditionalGaussianMixture, {"cond_dim": int(cond_dim)}

@@ -55,12 +55,24 @@ def sample_voxels(y: torch.Tensor, c: torch.Tensor, voxels: int) -> tuple[torch.
     return take(y), (take(c) if c.shape[1] else c)
 
 
+def anomaly_settings(cfg: dict) -> dict | None:
+    """The synthetic anomalies the density stage's crops get: the contrastive density's training
+    data (``data/anomalies.py`` defaults), none for the likelihood densities."""
+    return {} if cfg["density"] == "contrastive" else None
+
+
 def density_loss(scorer: Scorer, batch: dict, device, amp: bool, voxels: int = 0, trim: float = 0.0) -> torch.Tensor:
     """The density stage's loss on one batch: mean NLL of the frozen features of ``voxels``
-    random voxels per crop (all when 0), leaving out the ``trim`` fraction of least likely ones."""
+    random voxels per crop (all when 0), leaving out the ``trim`` fraction of least likely ones;
+    for the contrastive density (crops with a ``target``), its loss on the painted anomalies."""
     image = channels_last(batch["image"].to(device, non_blocking=True))
     origin = batch["origin_mm"].to(device, non_blocking=True)
     spacing = batch["spacing"].to(device, non_blocking=True)
+    if "target" in batch:
+        with torch.no_grad():
+            y, _ = scorer.features(image, origin, spacing)
+        with autocast(device, amp_dtype(device, amp)):
+            return scorer.density.loss(y, batch["target"].to(device, non_blocking=True))
     with torch.no_grad(), autocast(device, amp_dtype(device, amp)):
         y, c = sample_voxels(*scorer.features(image, origin, spacing), voxels)
     # an intensity prior is a fixed term: only the density model under it is fitted

@@ -316,8 +316,11 @@ def density_config(
     intensity it needs; asking for it explicitly with the descriptor alone is an error.
     """
     d = plans["density"]
-    condition = check_choice(condition or d["condition"], CONDITIONS, "condition")
+    chosen = density is not None
     density = check_choice(density or d["kind"], DENSITIES, "density")
+    if density == "contrastive":
+        return contrastive_config(plans, condition, features, intensity_prior, chosen)
+    condition = check_choice(condition or d["condition"], CONDITIONS, "condition")
     features = check_choice(features or d.get("features", "descriptor"), FEATURES, "features")
     if intensity_prior is None:
         prior = bool(d.get("intensity_prior", False)) and features != "descriptor"
@@ -370,6 +373,43 @@ def density_config(
     return cfg
 
 
+def contrastive_config(
+    plans: dict, condition: str | None, features: str | None, intensity_prior=None, chosen: bool = True
+) -> dict:
+    """The contrastive density's config: it scores the window-scaled CT crop itself, with no
+    condition and no prior (its networks see the context); other explicit choices are refused
+    (when the density came from the plans, the message says to choose another one)."""
+    which = "--density contrastive" if chosen else "the plans' density, contrastive,"
+    hint = "" if chosen else "; choose a likelihood density for it (--density gaussian, flow or mixture)"
+    for key, value, only in (("condition", condition, "none"), ("features", features, "intensity")):
+        if value not in (None, only):
+            raise ScreenerError(
+                f"{which} scores the CT intensity with no condition: --{key} {value} does not apply{hint}"
+            )
+    if intensity_prior is not None and as_bool(intensity_prior, "intensity_prior"):
+        raise ScreenerError(f"{which} has no intensity prior: --intensity_prior does not apply{hint}")
+    from screener_plans.density import DENSITY_PRESETS
+
+    members = int(DENSITY_PRESETS.get(plans["preset"], {}).get("contrastive", {}).get("members", 1))
+    batch = int(plans["density"].get("batch_size", members))
+    if batch % members:
+        raise ScreenerError(
+            f"density.batch_size {batch} must be a multiple of the contrastive density's {members} networks "
+            "(each trains on its share of every batch)"
+        )
+    return {
+        "condition": "none",
+        "density": "contrastive",
+        "features": "intensity",
+        "dim": INTENSITY_CHANNELS,
+        "cond_dim": 0,
+        "preset": plans["preset"],
+        "intensity_prior": False,
+        "window": [float(v) for v in plans["intensity"]["window"]],
+        "windows_hu": [[float(v) for v in w] for w in plans["network"].get("windows_hu", [])],
+    }
+
+
 def with_density_choices(plans: dict, cfg: dict) -> dict:
     """A copy of ``plans`` whose ``density`` section holds the choices of ``cfg``."""
     return {
@@ -413,7 +453,8 @@ def build_density_model(cfg: dict) -> nn.Module:
     (its histogram still empty: fitted by the density stage, or loaded with the weights)."""
     from screener_plans.density import IntensityPrior, build_density
 
-    model = build_density(cfg["density"], cfg["dim"], cfg["cond_dim"], preset=cfg["preset"])
+    extra = {k: cfg[k] for k in ("window", "windows_hu") if cfg["density"] == "contrastive"}
+    model = build_density(cfg["density"], cfg["dim"], cfg["cond_dim"], preset=cfg["preset"], **extra)
     if cfg.get("intensity_prior"):
         model = IntensityPrior(model, cfg["prior_bins"], cfg["prior_channel"])
     return model

@@ -36,7 +36,7 @@ def _ssl_step_fn(run_dir, plans, stage, device):
 
 def _density_step_fn(run_dir, plans, device):
     from screener_plans.data.dataset import CropDataset
-    from screener_plans.engines.density import density_loss
+    from screener_plans.engines.density import anomaly_settings, density_loss
     from screener_plans.engines.models import (
         Scorer,
         build_density_model,
@@ -50,12 +50,12 @@ def _density_step_fn(run_dir, plans, device):
     scorer = Scorer(feats, build_density_model(cfg)).to(device)
     opt = torch.optim.AdamW(scorer.density.parameters(), lr=1e-5)
     b = plans["density"]["batch_size"]
-    data = CropDataset(run_dir, plans, length=10_000, seed=12345)
+    data = CropDataset(run_dir, plans, length=10_000, seed=12345, anomalies=anomaly_settings(cfg))
     voxels, trim = plans["density"]["voxels_per_crop"], plans["density"]["trim"]
 
     def step(i):
         items = [data[i * b + j] for j in range(b)]
-        batch = {k: torch.stack([it[k] for it in items]) for k in ("image", "origin_mm", "spacing")}
+        batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
         loss = density_loss(scorer, batch, device, plans["amp"], voxels, trim)
         opt.zero_grad()
         loss.backward()

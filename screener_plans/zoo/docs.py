@@ -52,6 +52,13 @@ def model_card(meta: dict, plans: dict, calibration: dict | None) -> str:
         "descriptor+structure": f"- scored features: descriptor ({descriptor}) and each voxel's CT intensity "
         "smoothed at one voxel, given the condition and the local Gaussian derivatives",
     }[features]
+    if cfg["density"] == "contrastive":
+        scored = (
+            "- scored features: the window-scaled CT crop itself, seen by dense 3D UNets trained to find "
+            "synthetic anomalies painted into the training scans (noise-contrastive estimation: their mean "
+            "logit estimates the voxel's negative log-likelihood up to the noise distribution's); no "
+            "descriptor network"
+        )
     if cfg.get("intensity_prior"):
         scored += (
             "\n- intensity prior: -log p(HU) of each voxel under the training scans' body-voxel intensity "
