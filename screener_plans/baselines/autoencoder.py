@@ -11,7 +11,6 @@ the same sliding window (``ScorerInferer``) as Screener.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from torch import nn
 
 from screener_plans.errors import ScreenerError
 from screener_plans.io_utils import atomic_path
+from screener_plans.nets.blur import gaussian_smooth
 
 logger = logging.getLogger("screener.baselines")
 
@@ -82,25 +82,6 @@ class ConvAutoencoder(nn.Module):
             x = F.pad(x, [p for q in reversed(pad) for p in (0, q)])
         out = self.decoder(self.encoder(x))
         return out[(..., *(slice(0, n) for n in shape))]
-
-
-def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of a (B,C,X,Y,Z) tensor (replicate padding)."""
-    if sigma <= 0:
-        return x
-    radius = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    for axis in range(3):
-        shape = [1, 1, 1, 1, 1]
-        shape[2 + axis] = k.numel()
-        weight = k.view(shape).expand(c, 1, *shape[2:]).contiguous()
-        pad = [0] * 6
-        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
-        x = F.conv3d(F.pad(x, pad, mode="replicate"), weight, groups=c)
-    return x
 
 
 class AutoencoderScorer(nn.Module):

@@ -29,6 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from screener_plans.errors import ScreenerError
+from screener_plans.nets.blur import gaussian_smooth
 
 KINDS = ("shift", "replace", "value", "foreign")
 DEFAULTS = {
@@ -48,19 +49,8 @@ DEFAULTS = {
 
 
 def _gaussian(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of an (X, Y, Z) volume, replicate borders."""
-    radius = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    v = x[None, None]
-    for axis in range(3):
-        shape = [1, 1, 1, 1, 1]
-        shape[2 + axis] = k.numel()
-        pad = [0] * 6
-        pad[4 - 2 * axis] = pad[5 - 2 * axis] = radius
-        v = F.conv3d(F.pad(v, pad, mode="replicate"), k.view(shape))
-    return v[0, 0]
+    """Gaussian blur of an (X, Y, Z) volume."""
+    return gaussian_smooth(x[None, None], sigma)[0, 0]
 
 
 def _smooth_field(rng: np.random.Generator, shape, scale_vox: float) -> torch.Tensor:

@@ -59,14 +59,6 @@ class ContrastiveDensity(nn.Module):
             for _ in range(int(members))
         )
 
-    @property
-    def trainable(self) -> nn.Module:
-        return self
-
-    @property
-    def total_stride(self) -> int:
-        return self.members[0].total_stride
-
     def initialize(self, y: Tensor, c: Tensor | None = None) -> None:
         """No data-dependent initialisation (the likelihood densities' interface)."""
 
@@ -80,9 +72,6 @@ class ContrastiveDensity(nn.Module):
             inner = logits[:, :, m:-m, m:-m, m:-m]
             logits = F.pad(inner, (m, m, m, m, m, m), mode="replicate")
         return logits[:, 0]
-
-    def nll(self, y: Tensor, c: Tensor | None = None) -> Tensor:
-        return self(y, c)
 
     def loss(self, y: Tensor, target: Tensor) -> Tensor:
         """Mean over members of the weighted BCE on their share of the batch (the batch split
